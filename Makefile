@@ -1,0 +1,54 @@
+# spire-pipeline: two commands.  `make run` = set up + main job;  `make test` = set up + tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ENV ?=
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export MPLBACKEND := Agg
+export FLWR_HOME := $(CURDIR)/tmp/flwr
+export RAY_TMPDIR := $(CURDIR)/tmp/ray
+
+.PHONY: setup data run quick test lint viz mlflow-ui benchmark clean
+
+## setup: create .venv, install the pinned dependencies and the project, obtain Fashion-MNIST
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+
+data: $(VENV)/.installed
+	$(BIN)/python -m spire_pipeline.data_setup
+
+## run: the main job (`kedro run` on conf/base; ENV=quick or ENV=paper to switch)
+run: setup
+	$(BIN)/kedro run $(if $(ENV),--env $(ENV),)
+
+quick:
+	$(MAKE) run ENV=quick
+
+## test: the whole test suite
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+## viz: a static kedro-viz build in ./build (open build/index.html); `kedro viz run` serves it live
+viz: $(VENV)/.installed
+	$(BIN)/kedro viz build
+
+## mlflow-ui: browse the runs in the project's MLflow store on http://127.0.0.1:5000
+mlflow-ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+benchmark: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf tmp build mlruns

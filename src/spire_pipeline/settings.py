@@ -1,0 +1,13 @@
+"""Kedro project settings."""
+
+from kedro.config import OmegaConfigLoader
+
+from spire_pipeline.hooks import MlflowArtifactHook, ParameterValidationHook
+
+HOOKS = (ParameterValidationHook(), MlflowArtifactHook())
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+}

@@ -1,0 +1,260 @@
+"""Non-IID partitioning of a labelled image set into seen and unseen clients.
+
+Every client owns disjoint images; each client's images are split into train and a
+held-out test split. Schemes: ``dirichlet`` (class proportions ~ Dir(alpha)) and
+``shards`` (``classes_per_client`` classes per client, equal shares).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from spire_pipeline.spire.validation import ParameterError
+
+
+class PartitionConfig(BaseModel):
+    """Parameters of ``data_partitioning`` (see ``conf/base/parameters_data_partitioning.yml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    scheme: Literal["dirichlet", "shards"] = "shards"
+    alpha: float = Field(0.3, gt=0)
+    classes_per_client: PositiveInt = 2
+    num_seen_clients: PositiveInt = 10
+    num_unseen_clients: int = Field(4, ge=0)
+    seen_client_size: PositiveInt | None = None
+    unseen_train_size: PositiveInt = 200
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    min_test_size: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> PartitionConfig:
+        if self.seen_client_size is not None and self.seen_client_size <= self.min_test_size:
+            raise ValueError(
+                f"seen_client_size ({self.seen_client_size}) must exceed min_test_size "
+                f"({self.min_test_size}) so that a train split remains"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    """One client's data: train and test images (N,H,W[,C] uint8) and labels."""
+
+    client: str
+    role: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    train_index: np.ndarray
+    test_index: np.ndarray
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays to store (one ``.npz`` per client)."""
+        return {
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+            "test_images": self.test_images,
+            "test_labels": self.test_labels,
+            "train_index": self.train_index,
+            "test_index": self.test_index,
+            "role": np.array(self.role),
+        }
+
+    @classmethod
+    def from_arrays(cls, client: str, arrays: dict[str, np.ndarray]) -> ClientSplit:
+        """Rebuild a split from :meth:`to_arrays`'s output."""
+        return cls(
+            client=client,
+            role=str(arrays["role"]),
+            **{k: np.asarray(arrays[k]) for k in arrays if k != "role"},
+        )
+
+
+def client_names(num_seen: int, num_unseen: int) -> tuple[list[str], list[str]]:
+    """Stable client ids: ``seen_00`` ... and ``unseen_00`` ..."""
+    width = max(2, len(str(max(num_seen, num_unseen, 1) - 1)))
+    seen = [f"seen_{i:0{width}d}" for i in range(num_seen)]
+    unseen = [f"unseen_{i:0{width}d}" for i in range(num_unseen)]
+    return seen, unseen
+
+
+def _test_size(n_total: int, cfg: PartitionConfig) -> int:
+    return max(cfg.min_test_size, math.ceil(cfg.test_fraction * n_total))
+
+
+def client_sizes(cfg: PartitionConfig, pool_size: int) -> tuple[int, int]:
+    """Images per seen client and per unseen client (train + test)."""
+    n_unseen_test = max(
+        cfg.min_test_size,
+        math.ceil(cfg.unseen_train_size * cfg.test_fraction / (1 - cfg.test_fraction)),
+    )
+    n_unseen = cfg.unseen_train_size + n_unseen_test
+    remaining = pool_size - cfg.num_unseen_clients * n_unseen
+    n_seen = cfg.seen_client_size or remaining // cfg.num_seen_clients
+    if n_seen * cfg.num_seen_clients > remaining or n_seen <= cfg.min_test_size:
+        raise ParameterError(
+            "Invalid parameters: data_partitioning asks for more images than the data holds: "
+            f"{cfg.num_seen_clients} seen clients x {n_seen} (seen_client_size) + "
+            f"{cfg.num_unseen_clients} unseen clients x {n_unseen} (unseen_train_size "
+            f"{cfg.unseen_train_size} + test) > {pool_size} images available"
+        )
+    return n_seen, n_unseen
+
+
+def _class_proportions(
+    cfg: PartitionConfig, num_clients: int, num_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    if cfg.scheme == "dirichlet":
+        return rng.dirichlet(np.full(num_classes, cfg.alpha), size=num_clients)
+    if cfg.classes_per_client > num_classes:
+        raise ParameterError(
+            f"Invalid parameters: parameter data_partitioning.classes_per_client = "
+            f"{cfg.classes_per_client}: the data has only {num_classes} classes"
+        )
+    # Walk through shuffled copies of the class list so that every class is used evenly.
+    props = np.zeros((num_clients, num_classes))
+    stream: list[int] = []
+    for k in range(num_clients):
+        chosen: list[int] = []
+        while len(chosen) < cfg.classes_per_client:
+            if not stream:
+                stream = list(rng.permutation(num_classes))
+            c = stream.pop(0)
+            if c in chosen:
+                stream.append(c)
+                if set(stream) <= set(chosen):
+                    stream = []
+                continue
+            chosen.append(c)
+        props[k, chosen] = 1.0 / cfg.classes_per_client
+    return props
+
+
+def _draw_counts(p: np.ndarray, n: int, available: np.ndarray, rng, exact: bool) -> np.ndarray:
+    """Per-class counts for one client: ``n`` images drawn with class proportions ``p``."""
+    if exact:  # shards: equal shares, remainder to random classes
+        counts = np.floor(p * n).astype(int)
+        extra = rng.choice(np.flatnonzero(p), size=n - counts.sum(), replace=False)
+        counts[extra] += 1
+    else:
+        counts = rng.multinomial(n, p)
+    # Redistribute what a class cannot supply over the classes that still have images,
+    # preferring those with the largest proportions.
+    over = np.maximum(counts - available, 0)
+    counts -= over
+    deficit = int(over.sum())
+    order = np.argsort(-(p + 1e-12 * rng.random(p.size)))
+    while deficit > 0:
+        progressed = False
+        for c in order:
+            if deficit == 0:
+                break
+            if counts[c] < available[c] and (p[c] > 0 or not exact):
+                counts[c] += 1
+                deficit -= 1
+                progressed = True
+        if not progressed:
+            raise ParameterError(
+                "Invalid parameters: data_partitioning: the classes assigned to a client do not "
+                "hold enough images; lower seen_client_size or the number of clients"
+            )
+    return counts
+
+
+def partition(
+    images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig
+) -> list[ClientSplit]:
+    """Split ``images``/``labels`` into seen and unseen clients (deterministic in ``cfg.seed``)."""
+    labels = np.asarray(labels).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    rng = np.random.default_rng(cfg.seed)
+    classes = np.unique(labels)
+    seen_ids, unseen_ids = client_names(cfg.num_seen_clients, cfg.num_unseen_clients)
+    n_seen, n_unseen = client_sizes(cfg, len(labels))
+    props = _class_proportions(cfg, len(seen_ids) + len(unseen_ids), len(classes), rng)
+
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    available = np.array([len(p) for p in pools])
+    # Unseen clients first: they are small, and must get the classes they were dealt.
+    order = [(cid, "unseen", n_unseen) for cid in unseen_ids] + [
+        (cid, "seen", n_seen) for cid in seen_ids
+    ]
+    prop_of = dict(zip(unseen_ids + seen_ids, props[len(seen_ids) :].tolist() + props[: len(seen_ids)].tolist()))
+    splits: list[ClientSplit] = []
+    for cid, role, n in order:
+        p = np.asarray(prop_of[cid])
+        counts = _draw_counts(p, n, available, rng, exact=cfg.scheme == "shards")
+        idx = np.concatenate([[pools[c].pop() for _ in range(k)] for c, k in enumerate(counts)])
+        idx = rng.permutation(idx.astype(np.int64))
+        available -= counts
+        n_test = (
+            _test_size(n, cfg) if role == "seen" else n - cfg.unseen_train_size
+        )
+        test_idx, train_idx = np.sort(idx[:n_test]), np.sort(idx[n_test:])
+        splits.append(
+            ClientSplit(
+                client=cid,
+                role=role,
+                train_images=images[train_idx],
+                train_labels=labels[train_idx],
+                test_images=images[test_idx],
+                test_labels=labels[test_idx],
+                train_index=train_idx,
+                test_index=test_idx,
+            )
+        )
+    splits.sort(key=lambda s: (s.role != "seen", s.client))
+    return splits
+
+
+def partition_table(splits: list[ClientSplit], num_classes: int) -> pd.DataFrame:
+    """One row per client: ``client``, ``role``, ``n_train``, ``n_test`` and a count per class."""
+    rows = []
+    for s in splits:
+        all_labels = np.concatenate([s.train_labels, s.test_labels])
+        counts = np.bincount(all_labels, minlength=num_classes)
+        row = {"client": s.client, "role": s.role, "n_train": len(s.train_labels),
+               "n_test": len(s.test_labels)}
+        row.update({f"class_{c}": int(counts[c]) for c in range(num_classes)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def class_columns(table: pd.DataFrame) -> list[str]:
+    """The per-class count columns of a partition table."""
+    return [c for c in table.columns if c.startswith("class_")]
+
+
+def partition_statistics(table: pd.DataFrame) -> dict[str, float]:
+    """Skew and size statistics of a partition (metrics for MLflow)."""
+    counts = table[class_columns(table)].to_numpy(dtype=float)
+    dist = counts / counts.sum(axis=1, keepdims=True)
+    global_dist = counts.sum(axis=0) / counts.sum()
+    tv = 0.5 * np.abs(dist - global_dist).sum(axis=1)
+    seen = (table["role"] == "seen").to_numpy()
+    nonzero = (counts > 0).sum(axis=1)
+    stats = {
+        "num_clients": float(len(table)),
+        "num_seen_clients": float(seen.sum()),
+        "num_unseen_clients": float((~seen).sum()),
+        "mean_tv_distance": float(tv.mean()),
+        "mean_tv_distance_seen": float(tv[seen].mean()) if seen.any() else float("nan"),
+        "mean_classes_per_client": float(nonzero.mean()),
+        "total_train_images": float(table["n_train"].sum()),
+        "total_test_images": float(table["n_test"].sum()),
+        "mean_n_train_seen": float(table.loc[seen, "n_train"].mean()) if seen.any() else 0.0,
+        "mean_n_train_unseen": (
+            float(table.loc[~seen, "n_train"].mean()) if (~seen).any() else 0.0
+        ),
+    }
+    return stats

@@ -1,0 +1,68 @@
+"""Matplotlib figures shared by the pipelines (no pyplot state: figures are returned)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def heatmap(
+    values: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    cbar_label: str = "",
+    fmt: str = "{:.0f}",
+    cmap: str = "viridis",
+) -> Figure:
+    """An annotated heat map (rows x columns)."""
+    values = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(1.0 + 0.55 * len(col_labels) + 1.5, 1.0 + 0.32 * len(row_labels)))
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), labels=list(col_labels))
+    ax.set_yticks(range(len(row_labels)), labels=list(row_labels), fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    finite = values[np.isfinite(values)]
+    mid = (finite.max() + finite.min()) / 2 if finite.size else 0
+    if values.size <= 400:
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=6,
+                            color="black" if values[i, j] > mid else "white")
+    fig.colorbar(im, ax=ax, label=cbar_label)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    rows: Sequence[np.ndarray], row_labels: Sequence[str], title: str = "", scale: float = 0.6
+) -> Figure:
+    """A grid of uint8 images: one row per entry of ``rows`` (each (N,H,W[,C]))."""
+    n_cols = max(len(r) for r in rows)
+    fig = Figure(figsize=(1.5 + scale * n_cols, 0.4 + scale * len(rows)))
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for i, imgs in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < len(imgs):
+                img = imgs[j]
+                ax.imshow(img.squeeze(), cmap="gray" if img.ndim == 2 or img.shape[-1] == 1 else None,
+                          vmin=0, vmax=255)
+        axes[i][0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.12, right=0.99, top=0.93 if title else 0.99, bottom=0.01,
+                        wspace=0.05, hspace=0.05)
+    return fig
