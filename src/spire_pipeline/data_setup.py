@@ -80,9 +80,7 @@ def _apt_install() -> bool:
     ok = subprocess.run(["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE], env=env).returncode
     if ok != 0:  # the package lists may be missing on a fresh machine
         subprocess.run(["apt-get", "update", "-qq"], env=env)
-        ok = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE], env=env
-        ).returncode
+        ok = subprocess.run(["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE], env=env).returncode
     return ok == 0
 
 

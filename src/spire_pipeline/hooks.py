@@ -11,7 +11,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
-from spire_pipeline.spire.validation import validate_params
+from spire_pipeline.spire.validation import ParameterError, validate_params
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,17 @@ class ParameterValidationHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
-        validate_all(parameters)
-        log.info("Parameters validated: %s", ", ".join(s for s in PARAMETER_MODELS if s in parameters))
+        try:
+            validate_all(parameters)
+        except ParameterError:
+            # Kedro calls no on_pipeline_error hook when before_pipeline_run fails: close the
+            # MLflow run kedro-mlflow has just opened, or it would be recorded as FINISHED.
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status="FAILED")
+            raise
+        log.info(
+            "Parameters validated: %s", ", ".join(s for s in PARAMETER_MODELS if s in parameters)
+        )
 
 
 def saved_path(dataset: Any) -> Path | None:

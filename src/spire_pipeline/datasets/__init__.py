@@ -1,7 +1,31 @@
-"""Kedro datasets of this project (use them in the catalog as ``spire_pipeline.datasets.<Name>``)."""
+"""Kedro datasets of this project (use them in the catalog as ``spire_pipeline.datasets.<Name>``).
 
-from spire_pipeline.datasets.image_datasets import IDXImageDataset, NpzImageDataset
-from spire_pipeline.datasets.npz_dataset import NpzDataset
-from spire_pipeline.datasets.versioned_partitions import VersionedPartitionedDataset
+Imported lazily, so that a catalog that only reads images does not import torch.
+"""
 
-__all__ = ["IDXImageDataset", "NpzDataset", "NpzImageDataset", "VersionedPartitionedDataset"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "IDXImageDataset": "image_datasets",
+    "NpzImageDataset": "image_datasets",
+    "ModelBundleDataset": "model_bundle_dataset",
+    "NpzDataset": "npz_dataset",
+    "VersionedPartitionedDataset": "versioned_partitions",
+}
+
+__all__ = [
+    "IDXImageDataset",
+    "ModelBundleDataset",
+    "NpzDataset",
+    "NpzImageDataset",
+    "VersionedPartitionedDataset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -30,9 +30,7 @@ def check_image_set(images: np.ndarray, labels: np.ndarray, source: str) -> dict
         raise DatasetError(f"{source}: images must be uint8, got {images.dtype}")
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DatasetError(
-            f"{source}: labels must have shape ({len(images)},), got {labels.shape}"
-        )
+        raise DatasetError(f"{source}: labels must have shape ({len(images)},), got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
         raise DatasetError(f"{source}: labels must be non-negative integers")
     return {"images": images, "labels": labels.astype(np.int64)}

@@ -7,6 +7,7 @@ and a load reads the newest complete folder (or the pinned ``load`` version).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ class VersionedPartitionedDataset(PartitionedDataset):
 
     def _versions(self) -> list[str]:
         base = Path(self._base_path)
-        return sorted((p.name for p in base.iterdir() if p.is_dir()), reverse=True) if base.is_dir() else []
+        if not base.is_dir():
+            return []
+        names = (p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(names, reverse=True)
 
     def _use(self, version: str) -> None:
         self._path = f"{self._base_path}/{version}"
@@ -40,11 +44,21 @@ class VersionedPartitionedDataset(PartitionedDataset):
         return super().load()
 
     def save(self, data: dict[str, Any]) -> None:
-        if self._version is not None:
-            self._use(self._version.save or generate_timestamp())
-            if Path(self._path).exists():
-                raise DatasetError(f"Save path '{self._path}' must not exist if versioning is enabled")
+        if self._version is None:
+            super().save(data)
+            return
+        version = self._version.save or generate_timestamp()
+        final = Path(self._base_path) / version
+        if final.exists():
+            raise DatasetError(f"Save path '{final}' must not exist if versioning is enabled")
+        # Write into a hidden folder and rename it when complete: a save that fails half-way
+        # leaves no version folder behind, so a load never reads a partial set of partitions.
+        partial = Path(self._base_path) / f".{version}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        self._use(partial.name)
         super().save(data)
+        partial.rename(final)
+        self._use(version)
 
     def _exists(self) -> bool:
         if self._version is None:

@@ -29,7 +29,7 @@ class PartitionConfig(BaseModel):
     classes_per_client: PositiveInt = 2
     num_seen_clients: PositiveInt = 10
     num_unseen_clients: int = Field(4, ge=0)
-    seen_client_size: PositiveInt | None = None
+    seen_client_size: PositiveInt | None = 2000
     unseen_train_size: PositiveInt = 200
     test_fraction: float = Field(0.2, gt=0, lt=1)
     min_test_size: PositiveInt = 100
@@ -170,9 +170,7 @@ def _draw_counts(p: np.ndarray, n: int, available: np.ndarray, rng, exact: bool)
     return counts
 
 
-def partition(
-    images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig
-) -> list[ClientSplit]:
+def partition(images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig) -> list[ClientSplit]:
     """Split ``images``/``labels`` into seen and unseen clients (deterministic in ``cfg.seed``)."""
     labels = np.asarray(labels).astype(np.int64)
     if len(images) != len(labels):
@@ -189,7 +187,11 @@ def partition(
     order = [(cid, "unseen", n_unseen) for cid in unseen_ids] + [
         (cid, "seen", n_seen) for cid in seen_ids
     ]
-    prop_of = dict(zip(unseen_ids + seen_ids, props[len(seen_ids) :].tolist() + props[: len(seen_ids)].tolist()))
+    prop_of = dict(
+        zip(
+            unseen_ids + seen_ids, props[len(seen_ids) :].tolist() + props[: len(seen_ids)].tolist()
+        )
+    )
     splits: list[ClientSplit] = []
     for cid, role, n in order:
         p = np.asarray(prop_of[cid])
@@ -197,9 +199,7 @@ def partition(
         idx = np.concatenate([[pools[c].pop() for _ in range(k)] for c, k in enumerate(counts)])
         idx = rng.permutation(idx.astype(np.int64))
         available -= counts
-        n_test = (
-            _test_size(n, cfg) if role == "seen" else n - cfg.unseen_train_size
-        )
+        n_test = _test_size(n, cfg) if role == "seen" else n - cfg.unseen_train_size
         test_idx, train_idx = np.sort(idx[:n_test]), np.sort(idx[n_test:])
         splits.append(
             ClientSplit(
@@ -223,8 +223,12 @@ def partition_table(splits: list[ClientSplit], num_classes: int) -> pd.DataFrame
     for s in splits:
         all_labels = np.concatenate([s.train_labels, s.test_labels])
         counts = np.bincount(all_labels, minlength=num_classes)
-        row = {"client": s.client, "role": s.role, "n_train": len(s.train_labels),
-               "n_test": len(s.test_labels)}
+        row = {
+            "client": s.client,
+            "role": s.role,
+            "n_train": len(s.train_labels),
+            "n_test": len(s.test_labels),
+        }
         row.update({f"class_{c}": int(counts[c]) for c in range(num_classes)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -258,3 +262,11 @@ def partition_statistics(table: pd.DataFrame) -> dict[str, float]:
         ),
     }
     return stats
+
+
+def splits_from_partitions(partitions: dict) -> dict[str, ClientSplit]:
+    """Client splits from a partitioned dataset's load (values: arrays or loader callables)."""
+    return {
+        cid: ClientSplit.from_arrays(cid, load() if callable(load) else load)
+        for cid, load in sorted(partitions.items())
+    }

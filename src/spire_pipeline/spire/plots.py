@@ -35,8 +35,15 @@ def heatmap(
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
                 if np.isfinite(values[i, j]):
-                    ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=6,
-                            color="black" if values[i, j] > mid else "white")
+                    ax.text(
+                        j,
+                        i,
+                        fmt.format(values[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="black" if values[i, j] > mid else "white",
+                    )
     fig.colorbar(im, ax=ax, label=cbar_label)
     fig.tight_layout()
     return fig
@@ -58,11 +65,62 @@ def image_grid(
                 s.set_visible(False)
             if j < len(imgs):
                 img = imgs[j]
-                ax.imshow(img.squeeze(), cmap="gray" if img.ndim == 2 or img.shape[-1] == 1 else None,
-                          vmin=0, vmax=255)
+                ax.imshow(
+                    img.squeeze(),
+                    cmap="gray" if img.ndim == 2 or img.shape[-1] == 1 else None,
+                    vmin=0,
+                    vmax=255,
+                )
         axes[i][0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.12, right=0.99, top=0.93 if title else 0.99, bottom=0.01,
-                        wspace=0.05, hspace=0.05)
+    fig.subplots_adjust(
+        left=0.12, right=0.99, top=0.93 if title else 0.99, bottom=0.01, wspace=0.05, hspace=0.05
+    )
+    return fig
+
+
+def line_plot(
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    logy: bool = False,
+) -> Figure:
+    """One line per entry of ``series`` (label -> (x, y))."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=label)
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(table, title: str, value: str = "kid_mean", error: str = "kid_std") -> Figure:
+    """Bars of ``value`` per client, one colour per method, one panel per phase."""
+    table = (table.groupby(["phase", "client", "method"], sort=False)[[value, error]].mean()
+             .reset_index())
+    phases = list(dict.fromkeys(table["phase"]))
+    fig = Figure(figsize=(max(6.0, 0.6 * table["client"].nunique() + 2), 3.2 * len(phases)))
+    axes = fig.subplots(len(phases), 1, squeeze=False)[:, 0]
+    for ax, phase in zip(axes, phases):
+        sub = table[table["phase"] == phase]
+        clients = sorted(sub["client"].unique())
+        methods = list(dict.fromkeys(sub["method"]))
+        width = 0.8 / max(1, len(methods))
+        for i, m in enumerate(methods):
+            rows = sub[sub["method"] == m].set_index("client").reindex(clients)
+            x = np.arange(len(clients)) + (i - (len(methods) - 1) / 2) * width
+            ax.bar(x, rows[value], width, yerr=rows[error], label=m, capsize=2)
+        ax.set_xticks(range(len(clients)), labels=clients, rotation=45, ha="right", fontsize=7)
+        ax.set(title=f"{title}: {phase}", ylabel=value)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=min(len(methods), 6))
+    fig.tight_layout()
     return fig

@@ -1,0 +1,130 @@
+"""Nodes of ``kid_evaluation``: thin wrappers over :mod:`spire_pipeline.spire.evaluation`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from spire_pipeline.datasets.partitions import resolve
+from spire_pipeline.spire.config import KIDConfig
+from spire_pipeline.spire.evaluation import (
+    adapted_jobs,
+    cached_features,
+    evaluate,
+    forgetting_table,
+    kid_summary,
+    pretrained_jobs,
+)
+from spire_pipeline.spire.features import build_feature_extractor
+from spire_pipeline.spire.partition import splits_from_partitions
+from spire_pipeline.spire.plots import grouped_bars, image_grid
+from spire_pipeline.spire.validation import validate_params
+
+log = logging.getLogger(__name__)
+
+
+def _extractor(cfg: KIDConfig):
+    return build_feature_extractor(cfg.extractor, cfg.image_size, batch_size=cfg.batch_size)
+
+
+def extractor_label(extractor) -> str:
+    """The extractor's name and input size: KID values are comparable only when both agree."""
+    return f"{extractor.name}_{extractor.image_size}px"
+
+
+def real_features(
+    client_splits: dict, params: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Features of each client's held-out test images (cached while data and extractor agree)."""
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    extractor = _extractor(cfg)
+    tests = {c: s.test_images[: cfg.max_real] for c, s in splits_from_partitions(client_splits).items()}
+    return cached_features(tests, extractor, extractor.name, extractor.image_size,
+                           Path(cfg.cache_dir) if cfg.cache_dir else None)
+
+
+def evaluate_kid(
+    client_splits: dict,
+    pretrained_models: dict,
+    adapted_models: dict,
+    real_features: dict[str, np.ndarray],
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """KID of every (client, method, phase) against the client's test split.
+
+    Phases: ``pretrained`` (every client, every pretrained method), ``adapted`` (unseen clients,
+    every adaptation method) and ``after_adaptation`` (seen clients, with the shared weights as
+    they are after adapting to each unseen client: the forgetting measurement).
+    """
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    start = time.perf_counter()
+    splits = splits_from_partitions(client_splits)
+    roles = {c: s.role for c, s in splits.items()}
+    pretrained = resolve(pretrained_models)
+    jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(resolve(adapted_models), pretrained,
+                                                             roles)
+    extractor = _extractor(cfg)
+    table, grids = evaluate(jobs, real_features, extractor, extractor_label(extractor), cfg)
+    log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
+    samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
+    return table, samples
+
+
+def summarize_kid(
+    table: pd.DataFrame, adaptation_table: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Summary, forgetting and unseen-client tables, and the MLflow metrics (named by extractor)."""
+    summary = kid_summary(table)
+    forgetting = forgetting_table(table)
+    unseen = unseen_client_table(table, adaptation_table)
+    log.info("KID summary:\n%s", summary.to_string(index=False))
+    log.info("Unseen clients:\n%s", unseen.to_string(index=False))
+    log.info("Forgetting:\n%s", forgetting.to_string(index=False))
+    ext = table["extractor"].iloc[0]
+    metrics = {}
+    for r in table.itertuples():
+        metrics[f"{ext}.{r.phase}.{r.method}.{r.client}"] = {"value": r.kid_mean, "step": 0}
+    for r in summary.itertuples():
+        metrics[f"{ext}.{r.phase}.{r.role}.{r.method}.median"] = {"value": r.kid_median, "step": 0}
+    for r in forgetting.itertuples():
+        metrics[f"{ext}.forgetting.{r.method}"] = {"value": r.difference, "step": 0}
+    return summary, forgetting, unseen, metrics
+
+
+def unseen_client_table(kid_table: pd.DataFrame, adaptation_table: pd.DataFrame) -> pd.DataFrame:
+    """Per adaptation method: parameters trained, adaptation time and unseen-client KID."""
+    kids = kid_table[kid_table["phase"] == "adapted"].groupby("method")["kid_mean"]
+    cost = adaptation_table.groupby("method").agg(
+        trained_params=("trained_params", "first"), trained_pct=("trained_pct", "first"),
+        seconds_median=("seconds", "median"))
+    out = cost.join(pd.DataFrame({"kid_median": kids.median(), "kid_worst": kids.max(),
+                                  "clients": kids.size()}))
+    out["extractor"] = kid_table["extractor"].iloc[0]
+    return out.reset_index().sort_values("kid_median")
+
+
+def plot_kid_bars(table: pd.DataFrame) -> Figure:
+    """KID per client and method (error bars: std over subsets), one panel per phase."""
+    return grouped_bars(table, title=f"Per-client KID ({table['extractor'].iloc[0]} features)")
+
+
+def plot_kid_sample_grids(client_splits: dict, samples: dict[str, np.ndarray]) -> dict[str, Figure]:
+    """One figure per client: a row of real test images, then a row per (method, phase)."""
+    splits = splits_from_partitions(client_splits)
+    per_client: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for key, imgs in sorted(samples.items()):
+        client, method, phase = key.split("__")
+        per_client.setdefault(client, []).append((f"{method} ({phase})", imgs))
+    figs = {}
+    for client, rows in per_client.items():
+        n = max(len(r[1]) for r in rows)
+        real = splits[client].test_images[:n]
+        figs[client] = image_grid([real] + [r[1] for r in rows], ["real (test)"] + [r[0] for r in rows],
+                                  title=f"{client}: real test images and samples per method")
+    return figs

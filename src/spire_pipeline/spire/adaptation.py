@@ -1,0 +1,198 @@
+"""Unseen-client adaptation: SPIRE's new embedding and the parameter-efficient baselines.
+
+Every method trains with the shared :func:`~spire_pipeline.spire.training.local_train`, on the
+unseen client's train split only. What is trained:
+
+===============  =========================================  ======================
+method           trained tensors                            starts from
+===============  =========================================  ======================
+``spire``        a new client embedding (backbone frozen)   the ``spire`` backbone
+``full_finetune``every backbone weight                      the ``fedavg`` model
+``lora``         low-rank adapters (peft) on convs/linears  the ``fedavg`` model
+``bitfit``       biases only                                the ``fedavg`` model
+``head``         the output head (``conv_norm_out``,        the ``fedavg`` model
+                 ``conv_out``)
+``scratch``      every weight of a new random model         nothing
+===============  =========================================  ======================
+
+The result is a :class:`ModelBundle` holding only what was trained (``local[client]`` and, for
+``spire``, ``embeddings[client]``), plus ``info["base"]``: the pretrained method it extends.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNet2DModel
+
+from spire_pipeline.spire.bundle import ModelBundle
+from spire_pipeline.spire.config import AdaptationConfig, LocalTrainConfig
+from spire_pipeline.spire.diffusion import make_scheduler
+from spire_pipeline.spire.federated import ClientData, derive_seed
+from spire_pipeline.spire.model import (
+    backbone_sha,
+    build_backbone,
+    count_parameters,
+    embedding_dim,
+    head_names,
+    load_partial,
+    state_of,
+)
+from spire_pipeline.spire.training import LocalResult, ParamGroup, local_train
+
+BASE = {
+    "spire": "spire",
+    "full_finetune": "fedavg",
+    "lora": "fedavg",
+    "bitfit": "fedavg",
+    "head": "fedavg",
+    "scratch": None,
+}
+LORA_TARGETS = ["conv1", "conv2", "time_emb_proj"]
+
+
+@dataclass
+class Adapted:
+    """An adaptation's trained tensors, its parameter count and what it cost."""
+
+    bundle: ModelBundle
+    trained_params: int
+    total_params: int
+    seconds: float
+    result: LocalResult
+
+    @property
+    def trained_pct(self) -> float:
+        return 100.0 * self.trained_params / self.total_params
+
+
+def add_lora(model: UNet2DModel, rank: int, alpha: float) -> UNet2DModel:
+    """Inject LoRA adapters (peft) into the UNet's convolutions and time projections."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, lora_dropout=0.0,
+                     init_lora_weights=True)
+    return inject_adapter_in_model(cfg, model)
+
+
+def initial_embedding(
+    how: str, spire: ModelBundle, dim: int, seed: int, seen: list[str] | None = None
+) -> torch.Tensor:
+    """A new client's embedding: ``zeros``, ``mean_seen`` (mean of the seen clients') or
+    ``random`` (N(0, s^2) with s the seen embeddings' RMS)."""
+    table = torch.stack([spire.embeddings[c] for c in (seen or sorted(spire.embeddings))])
+    if how == "zeros":
+        return torch.zeros(dim)
+    if how == "mean_seen":
+        return table.mean(0).clone()
+    if how == "random":
+        g = torch.Generator().manual_seed(seed)
+        return table.pow(2).mean().sqrt() * torch.randn(dim, generator=g)
+    raise ValueError(f"unknown embedding init {how!r}")
+
+
+def base_model(
+    method: str, pretrained: dict[str, ModelBundle], cfg: AdaptationConfig, seed: int
+) -> tuple[UNet2DModel, ModelBundle | None]:
+    """The model an adaptation method starts from (frozen), with LoRA injected for ``lora``."""
+    base = BASE[method]
+    if base is None:
+        any_bundle = next(iter(pretrained.values()))
+        model = build_backbone(any_bundle.backbone_cfg, seed=seed)
+        base_bundle = None
+    else:
+        if base not in pretrained:
+            raise KeyError(
+                f"adaptation method {method!r} needs the pretrained {base!r} model; add {base!r} "
+                f"to federated_pretraining.methods"
+            )
+        base_bundle = pretrained[base]
+        model, _ = base_bundle.build(None)
+    if method == "lora":
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    model.requires_grad_(False)
+    return model, base_bundle
+
+
+def trainable_names(method: str, model: UNet2DModel) -> list[str]:
+    """Names of the model tensors a method trains (none for ``spire``: only its embedding)."""
+    names = [n for n, _ in model.named_parameters()]
+    if method == "spire":
+        return []
+    if method in ("full_finetune", "scratch"):
+        return names
+    if method == "lora":
+        return [n for n in names if "lora_" in n]
+    if method == "bitfit":
+        return [n for n in names if n.endswith(".bias")]
+    if method == "head":
+        return head_names(model)
+    raise ValueError(f"unknown adaptation method {method!r}")
+
+
+def adapt(
+    method: str,
+    pretrained: dict[str, ModelBundle],
+    client: ClientData,
+    cfg: AdaptationConfig,
+    local: LocalTrainConfig | None = None,
+    progress: bool = False,
+) -> Adapted:
+    """Adapt ``method`` to ``client`` with the budget ``local`` (default ``cfg.local``)."""
+    local = local or cfg.local
+    seed = derive_seed(cfg.seed, "adapt", method, client.client)
+    model, base_bundle = base_model(method, pretrained, cfg, seed)
+    backbone_cfg = next(iter(pretrained.values())).backbone_cfg
+    diffusion_cfg = next(iter(pretrained.values())).diffusion_cfg
+    total = count_parameters(build_backbone(backbone_cfg))
+    dim = embedding_dim(model)
+    params = dict(model.named_parameters())
+    names = trainable_names(method, model)
+    groups = [ParamGroup({n: params[n] for n in names}, local.lr, local.weight_decay)]
+    emb = None
+    if method == "spire":
+        emb = initial_embedding(cfg.embedding_init, base_bundle, dim, seed)
+        groups = [ParamGroup({"embedding": emb}, local.embedding_lr)]
+    zero = torch.zeros(dim)
+
+    def denoise(x, t, c):
+        return model(x, t, class_labels=zero.expand(x.shape[0], -1) if c is None else c).sample
+
+    sha_before = backbone_sha(state_of(model))
+    start = time.perf_counter()
+    result = local_train(denoise, groups, client.images, local, make_scheduler(diffusion_cfg),
+                         seed=seed, cond=emb, client=client.client, progress=progress)
+    seconds = time.perf_counter() - start
+    sha_after = backbone_sha(state_of(model))
+    if method == "spire" and sha_after != sha_before:
+        raise RuntimeError(f"spire adaptation of {client.client} changed the frozen backbone")
+    trained = {k: v for k, v in result.params.items() if k != "embedding"}
+    bundle = ModelBundle(
+        method=method, backbone_cfg=backbone_cfg, diffusion_cfg=diffusion_cfg,
+        embeddings={client.client: result.params["embedding"]} if emb is not None else {},
+        local={client.client: trained} if trained else {},
+        info={"base": BASE[method], "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+              "embedding_init": cfg.embedding_init if method == "spire" else None,
+              "backbone_sha": sha_after if method == "spire" else None},
+    )
+    n_trained = sum(v.numel() for g in groups for v in g.params.values())
+    return Adapted(bundle, n_trained, total, seconds, result)
+
+
+def build_adapted(
+    adapted: ModelBundle, pretrained: dict[str, ModelBundle], client: str
+) -> tuple[UNet2DModel, torch.Tensor | None]:
+    """The model (and conditioning vector) an adapted bundle generates ``client`` with."""
+    base = adapted.info.get("base")
+    if base is None:
+        model = build_backbone(adapted.backbone_cfg)
+    else:
+        model, _ = pretrained[base].build(None)
+    if adapted.method == "lora":
+        add_lora(model, adapted.info["lora_rank"], adapted.info["lora_alpha"])
+    if client in adapted.local:
+        load_partial(model, adapted.local[client])
+    model.eval().requires_grad_(False)
+    return model, adapted.embeddings.get(client)

@@ -1,0 +1,95 @@
+"""DDPM training loss and the conditioned sampler (diffusers schedulers, minDiffusion-sized)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from tqdm.auto import tqdm
+
+from spire_pipeline.spire.config import DiffusionConfig
+
+#: eps_theta(x_t, t, cond) -> predicted noise; ``cond`` is whatever the method conditions on
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def make_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    """The forward (noising) process and training schedule."""
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N,H,W[,C]) -> float (N,C,H,W) in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    else:
+        x = x.permute(0, 3, 1, 2)
+    return x.float().div(127.5).sub(1.0).contiguous()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (N,C,H,W) in [-1, 1] -> uint8 (N,H,W) for one channel, (N,H,W,C) otherwise."""
+    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return img[..., 0] if img.shape[-1] == 1 else img
+
+
+def ddpm_loss(
+    denoise: Denoiser,
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    cond: torch.Tensor | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Epsilon-prediction loss ``|| eps - eps_theta(x_t, t, cond) ||^2`` at uniform random t."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = scheduler.add_noise(x0, noise, t)
+    return torch.nn.functional.mse_loss(denoise(x_t, t, cond), noise)
+
+
+def make_sampler(train_scheduler: DDPMScheduler, cfg: DiffusionConfig, steps: int | None = None):
+    """A DDIM or DPM-Solver++ scheduler matching the training schedule."""
+    if cfg.sampler == "ddim":
+        s = DDIMScheduler.from_config(train_scheduler.config, clip_sample=True)
+    else:
+        s = DPMSolverMultistepScheduler.from_config(
+            train_scheduler.config, algorithm_type="dpmsolver++"
+        )
+    s.set_timesteps(steps or cfg.sampler_steps)
+    return s
+
+
+@torch.inference_mode()
+def sample(
+    denoise: Denoiser,
+    sampler,
+    num: int,
+    shape: tuple[int, int, int],
+    cond: torch.Tensor | None,
+    seed: int,
+    batch_size: int = 100,
+    progress: bool = False,
+    desc: str = "sampling",
+) -> np.ndarray:
+    """Draw ``num`` images conditioned on ``cond`` (one vector, broadcast over the batch)."""
+    out = []
+    g = torch.Generator().manual_seed(seed)
+    starts = range(0, num, batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
+        n = min(batch_size, num - start)
+        sampler.set_timesteps(len(sampler.timesteps))  # multistep solvers keep state: reset
+        x = torch.randn((n, *shape), generator=g)
+        c = None if cond is None else cond.reshape(1, -1).expand(n, -1)
+        for t in sampler.timesteps:
+            eps = denoise(x, t.expand(n), c)
+            x = sampler.step(eps, t, x).prev_sample
+        out.append(to_uint8(x))
+    return np.concatenate(out)

@@ -1,0 +1,206 @@
+"""Per-client KID of generated samples against each client's held-out test split.
+
+Jobs that generate with the same model and condition share one set of samples (for example an
+unconditional model evaluated on every client, or an adapted model re-evaluated on the seen
+clients to measure forgetting). Sample seeds depend only on the condition, so two models are
+compared on the same initial noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from spire_pipeline.spire.adaptation import build_adapted
+from spire_pipeline.spire.bundle import ModelBundle
+from spire_pipeline.spire.config import KIDConfig
+from spire_pipeline.spire.federated import derive_seed
+from spire_pipeline.spire.generate import generate_from
+from spire_pipeline.spire.kid import kid
+from spire_pipeline.spire.model import backbone_sha
+
+log = logging.getLogger(__name__)
+
+#: pretraining methods whose model for a client is conditioned on, or owned by, that client
+PERSONAL = {"spire", "centralized", "fedper", "local"}
+#: adaptation methods that change weights shared with the seen clients (and so may forget)
+SHARED_WEIGHTS = {"full_finetune", "lora", "bitfit", "head"}
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Compare ``client``'s test split with samples of ``source`` conditioned on ``condition``."""
+
+    client: str
+    role: str
+    method: str
+    phase: str
+    source: str
+    condition: str | None
+    build: Callable[[], tuple] = field(compare=False, repr=False)
+    bundle: ModelBundle = field(compare=False, repr=False)
+    adapted_to: str = ""
+
+    @property
+    def sample_key(self) -> tuple[str, str | None]:
+        return (self.source, self.condition)
+
+
+def pretrained_jobs(bundles: dict[str, ModelBundle], roles: dict[str, str]) -> list[EvalJob]:
+    """Every client x every pretrained method that has a model for it."""
+    jobs = []
+    for method, b in sorted(bundles.items()):
+        for client, role in sorted(roles.items()):
+            personal = method in PERSONAL
+            if personal and client not in b.clients():
+                continue
+            cond = client if personal else None
+            jobs.append(EvalJob(client, role, method, "pretrained", f"pretrained/{method}", cond,
+                                build=lambda b=b, c=cond: b.build(c), bundle=b))
+    return jobs
+
+
+def adapted_jobs(
+    adapted: dict[str, ModelBundle],
+    pretrained: dict[str, ModelBundle],
+    roles: dict[str, str],
+) -> list[EvalJob]:
+    """Unseen clients x adaptation methods, and the seen clients again after each adaptation.
+
+    ``adapted`` maps ``"<method>__<client>"`` to the adapted bundle. After ``spire`` adapts, the
+    seen clients are evaluated with their own embeddings and the backbone as it is then, which
+    is the pretrained backbone (checked bit for bit) and so shares its samples.
+    """
+    jobs = []
+    seen = sorted(c for c, r in roles.items() if r == "seen")
+    for key, b in sorted(adapted.items()):
+        method, client = key.split("__")
+        source = f"adapted/{method}/{client}"
+        cond = client if method == "spire" else None
+        jobs.append(EvalJob(client, roles.get(client, "unseen"), method, "adapted", source, cond,
+                            build=lambda b=b, c=client: build_adapted(b, pretrained, c), bundle=b))
+        if method in SHARED_WEIGHTS:
+            for s in seen:
+                jobs.append(EvalJob(s, "seen", method, "after_adaptation", source, None,
+                                    build=lambda b=b, c=client: build_adapted(b, pretrained, c),
+                                    bundle=b, adapted_to=client))
+        elif method == "spire":
+            base = pretrained["spire"]
+            if b.info.get("backbone_sha") != backbone_sha(base.backbone):
+                raise RuntimeError(f"spire adaptation to {client} changed the shared backbone")
+            for s in seen:
+                jobs.append(EvalJob(s, "seen", method, "after_adaptation", "pretrained/spire", s,
+                                    build=lambda c=s: base.build(c), bundle=base,
+                                    adapted_to=client))
+    return jobs
+
+
+def features_key(images: Sequence[np.ndarray], extractor: str, image_size: int) -> str:
+    """Identifies a set of real images and the extractor that sees them."""
+    h = hashlib.sha256(f"{extractor}@{image_size}".encode())
+    for im in images:
+        h.update(np.ascontiguousarray(im).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_features(
+    images: dict[str, np.ndarray],
+    extractor: Callable[[np.ndarray], np.ndarray],
+    name: str,
+    image_size: int,
+    cache_dir: Path | None,
+) -> dict[str, np.ndarray]:
+    """Features per client, read from ``cache_dir`` while images and extractor are unchanged."""
+    key = features_key([images[c] for c in sorted(images)], name, image_size)
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}-{image_size}-{key}.npz"
+    if path is not None and path.exists():
+        with np.load(path) as npz:
+            log.info("Real-image features reused from %s", path)
+            return {c: npz[c] for c in npz.files}
+    feats = {c: extractor(images[c]) for c in tqdm(sorted(images), desc="real features")}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **feats)
+        tmp.replace(path)
+    return feats
+
+
+def evaluate(
+    jobs: Sequence[EvalJob],
+    real_features: dict[str, np.ndarray],
+    extractor: Callable[[np.ndarray], np.ndarray],
+    extractor_name: str,
+    cfg: KIDConfig,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[tuple[str, str, str], np.ndarray]]:
+    """KID per job; returns the long table and a few samples per (client, method, phase)."""
+    fake_features: dict[tuple, np.ndarray] = {}
+    firsts: dict[tuple, np.ndarray] = {}
+    grids: dict[tuple[str, str, str], np.ndarray] = {}
+    rows = []
+    for job in tqdm(jobs, desc="KID", disable=not progress):
+        key = job.sample_key
+        if key not in fake_features:
+            model, emb = job.build()
+            images = generate_from(
+                model, emb, job.bundle.backbone_cfg, job.bundle.diffusion_cfg, cfg.num_generated,
+                seed=derive_seed(cfg.seed, "kid", job.condition or "-"),
+                steps=cfg.sampler_steps, batch_size=cfg.batch_size,
+            )
+            fake_features[key] = extractor(images)
+            firsts[key] = images[: cfg.grid_samples]
+        if job.phase != "after_adaptation":
+            grids[(job.client, job.method, job.phase)] = firsts[key]
+        real = real_features[job.client]
+        mean, std = kid(fake_features[key], real, num_subsets=cfg.num_subsets,
+                        max_subset_size=cfg.max_subset_size,
+                        seed=derive_seed(cfg.seed, "subsets", job.client))
+        rows.append({
+            "client": job.client, "role": job.role, "method": job.method, "phase": job.phase,
+            "adapted_to": job.adapted_to, "kid_mean": mean, "kid_std": std,
+            "n_generated": len(fake_features[key]), "n_real": len(real),
+            "extractor": extractor_name,
+        })
+    log.info("KID: %d rows from %d sample sets", len(rows), len(fake_features))
+    return pd.DataFrame(rows), grids
+
+
+def kid_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Median, mean and worst KID per (phase, role, method)."""
+    g = table.groupby(["phase", "role", "method"])["kid_mean"]
+    out = pd.DataFrame({
+        "clients": g.size(), "kid_median": g.median(), "kid_mean": g.mean(), "kid_worst": g.max(),
+    }).reset_index()
+    out["extractor"] = table["extractor"].iloc[0] if len(table) else ""
+    return out
+
+
+def forgetting_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per adaptation method: seen-client KID before (its base model) and after adapting."""
+    after = table[table["phase"] == "after_adaptation"]
+    before = table[(table["phase"] == "pretrained") & (table["role"] == "seen")]
+    rows = []
+    for method, sub in after.groupby("method"):
+        base = "spire" if method == "spire" else "fedavg"
+        b = before[before["method"] == base]
+        if b.empty:
+            continue
+        merged = sub.merge(b[["client", "kid_mean"]], on="client", suffixes=("_after", "_before"))
+        rows.append({
+            "method": method, "base": base,
+            "seen_kid_before": merged["kid_mean_before"].median(),
+            "seen_kid_after": merged["kid_mean_after"].median(),
+            "difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).median(),
+            "worst_difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).max(),
+            "adaptations": sub["adapted_to"].nunique(),
+            "extractor": sub["extractor"].iloc[0],
+        })
+    return pd.DataFrame(rows)

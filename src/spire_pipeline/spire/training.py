@@ -1,0 +1,122 @@
+"""The one local-training function that every method and every engine uses."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from spire_pipeline.spire.config import LocalTrainConfig
+from spire_pipeline.spire.diffusion import Denoiser, ddpm_loss
+
+
+class ClientTrainingError(RuntimeError):
+    """Local training failed (e.g. the loss became NaN); the message names the client."""
+
+
+@dataclass
+class ParamGroup:
+    """Named trainable tensors sharing one learning rate."""
+
+    params: dict[str, torch.Tensor]
+    lr: float
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LocalResult:
+    """What local training returns: the trained tensors, the sample count, the loss history."""
+
+    params: dict[str, torch.Tensor]
+    num_samples: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss over the last quarter of the steps."""
+        tail = self.losses[-max(1, len(self.losses) // 4) :]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+def num_steps(cfg: LocalTrainConfig, num_samples: int) -> int:
+    """The step budget: ``steps`` or ``epochs`` passes over the data."""
+    if cfg.steps is not None:
+        return cfg.steps
+    return int(cfg.epochs) * math.ceil(num_samples / cfg.batch_size)
+
+
+def _optimizer(cfg: LocalTrainConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
+    torch_groups = [
+        {"params": list(g.params.values()), "lr": g.lr, "weight_decay": g.weight_decay}
+        for g in groups
+        if g.params
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(torch_groups, momentum=0.9)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(torch_groups)
+    return torch.optim.Adam(torch_groups)
+
+
+def local_train(
+    denoise: Denoiser,
+    groups: list[ParamGroup],
+    images: torch.Tensor,
+    cfg: LocalTrainConfig,
+    scheduler: DDPMScheduler,
+    seed: int,
+    cond: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    client: str = "?",
+    progress: bool = False,
+) -> LocalResult:
+    """Train the tensors in ``groups`` (all others stay fixed) with the DDPM loss.
+
+    ``images`` is (N,C,H,W) in [-1, 1]. ``cond`` is ``None`` (unconditional), one conditioning
+    vector for every image, or a function of the batch's image indices (pooled data). Batches are drawn without replacement
+    within an epoch, from a generator seeded with ``seed``. Raises ``ClientTrainingError`` when
+    the loss is not finite, naming ``client`` and the step.
+    """
+    trainable = [t for g in groups for t in g.params.values()]
+    if not trainable:
+        raise ValueError(f"client {client}: nothing to train")
+    for t in trainable:
+        t.requires_grad_(True)
+    opt = _optimizer(cfg, groups)
+    g = torch.Generator().manual_seed(int(seed))
+    n = images.shape[0]
+    steps = num_steps(cfg, n)
+    losses: list[float] = []
+    order = torch.randperm(n, generator=g)
+    pos = 0
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc=f"train {client}", disable=not progress, leave=False):
+        if pos + cfg.batch_size > n and pos > 0:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        batch_cond = cond(idx) if callable(cond) else cond
+        if batch_cond is not None and batch_cond.ndim == 1:
+            batch_cond = batch_cond.expand(len(idx), -1)
+        loss = ddpm_loss(denoise, scheduler, images[idx], batch_cond, g)
+        if not torch.isfinite(loss):
+            raise ClientTrainingError(
+                f"client {client}: loss is {loss.item()} at local step {step}; "
+                "lower the learning rate or check this client's data"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+    for t in trainable:
+        t.requires_grad_(False)
+    params = {k: v.detach().clone() for gr in groups for k, v in gr.params.items()}
+    return LocalResult(params, n, losses, time.perf_counter() - start)

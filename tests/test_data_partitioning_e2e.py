@@ -1,0 +1,151 @@
+"""End to end: ``kedro run --pipeline data_partitioning --env quick`` in a copy of the project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from spire_pipeline.spire.partition import ClientSplit, client_names
+
+pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPLIT_KEYS = set(
+    ClientSplit(
+        client="c",
+        role="seen",
+        **{k: np.zeros(0) for k in ("train_images", "train_labels", "test_images")},
+        **{k: np.zeros(0) for k in ("test_labels", "train_index", "test_index")},
+    ).to_arrays()
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(make_project_copy, run_kedro):
+    """A private project copy in which the quick data_partitioning run has completed."""
+    project = make_project_copy("data_partitioning_e2e")
+    result = run_kedro(project, "--pipeline", "data_partitioning", "--env", "quick", timeout=240)
+    return project, result
+
+
+@pytest.fixture(scope="module")
+def quick_params() -> dict:
+    path = Path(__file__).resolve().parents[1] / "conf/quick/parameters_data_partitioning.yml"
+    return yaml.safe_load(path.read_text())["data_partitioning"]
+
+
+def _versions(folder: Path) -> list[str]:
+    assert folder.is_dir(), f"{folder} was not written"
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_run_succeeds(quick_run) -> None:
+    _, result = quick_run
+    assert result.returncode == 0
+    assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
+    assert "Parameters validated: data_partitioning" in result.flat_output, result.tail()
+
+
+def test_versioned_client_splits(quick_run, quick_params) -> None:
+    project, _ = quick_run
+    root = project / "data" / "05_model_input" / "client_splits"
+    versions = _versions(root)
+    assert len(versions) == 1, versions  # one complete version folder, nothing partial
+    seen, unseen = client_names(
+        quick_params["num_seen_clients"], quick_params["num_unseen_clients"]
+    )
+    files = sorted(p.name for p in (root / versions[0]).iterdir())
+    assert files == sorted(f"{c}.npz" for c in seen + unseen)
+    indices = []
+    for client in seen + unseen:
+        with np.load(root / versions[0] / f"{client}.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        assert set(arrays) == SPLIT_KEYS
+        split = ClientSplit.from_arrays(client, arrays)
+        assert split.role == ("seen" if client in seen else "unseen")
+        assert split.train_images.shape[1:] == (28, 28) and split.train_images.dtype == np.uint8
+        assert len(split.train_images) == len(split.train_labels) == len(split.train_index)
+        assert len(split.test_images) == len(split.test_labels) == len(split.test_index)
+        assert len(split.test_index) >= quick_params["min_test_size"]
+        if split.role == "seen":
+            assert (
+                len(split.train_index) + len(split.test_index) == (quick_params["seen_client_size"])
+            )
+        else:
+            assert len(split.train_index) == quick_params["unseen_train_size"]
+        indices += [split.train_index, split.test_index]
+    everything = np.concatenate(indices)
+    assert len(np.unique(everything)) == len(everything), "an image belongs to two splits"
+
+
+def test_versioned_table_and_heatmap(quick_run, quick_params) -> None:
+    project, _ = quick_run
+    (version,) = _versions(project / "data" / "05_model_input" / "client_splits")
+    reporting = project / "data" / "08_reporting"
+    assert _versions(reporting / "partition_table.csv") == [version]
+    assert _versions(reporting / "partition_heatmap.png") == [version]
+    table = pd.read_csv(reporting / "partition_table.csv" / version / "partition_table.csv")
+    assert list(table.columns) == ["client", "role", "n_train", "n_test"] + [
+        f"class_{c}" for c in range(10)
+    ]
+    n_clients = quick_params["num_seen_clients"] + quick_params["num_unseen_clients"]
+    assert len(table) == n_clients
+    class_counts = table[[f"class_{c}" for c in range(10)]].to_numpy()
+    np.testing.assert_array_equal(class_counts.sum(axis=1), table["n_train"] + table["n_test"])
+    # shards: each client holds exactly classes_per_client classes
+    assert ((class_counts > 0).sum(axis=1) == quick_params["classes_per_client"]).all()
+    heatmap = reporting / "partition_heatmap.png" / version / "partition_heatmap.png"
+    assert heatmap.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_mlflow_run_recorded(quick_run, quick_params) -> None:
+    import mlflow
+
+    project, _ = quick_run
+    assert (project / "mlflow.db").is_file()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spire_pipeline")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "data_partitioning"
+    params = run.data.params
+    assert params["data_partitioning.seed"] == str(quick_params["seed"])
+    assert params["data_partitioning.num_seen_clients"] == str(quick_params["num_seen_clients"])
+    assert params["data_partitioning.scheme"] == quick_params["scheme"]
+    metrics = run.data.metrics
+    assert 0 < metrics["partition.mean_tv_distance"] <= 1
+    assert metrics["partition.num_clients"] == (
+        quick_params["num_seen_clients"] + quick_params["num_unseen_clients"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "data_partitioning")}
+    assert artifacts == {
+        "data_partitioning/partition_table.csv",
+        "data_partitioning/partition_heatmap.png",
+    }
+    # the artifact store lives inside the project copy
+    local = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert local.is_relative_to(project), run.info.artifact_uri
+    assert (local / "data_partitioning" / "partition_heatmap.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_registry_lists_the_pipelines(project_copy, kedro_cli) -> None:
+    result = kedro_cli(project_copy, "registry", "list", timeout=120)
+    listed = {line.strip().removeprefix("- ") for line in result.stdout.splitlines()}
+    assert {"data_partitioning", "__default__"} <= listed, result.tail()
+
+
+def test_viz_build_works_headless(project_copy, kedro_cli) -> None:
+    result = kedro_cli(project_copy, "viz", "build", timeout=180)
+    build = project_copy / "build"
+    assert (build / "index.html").is_file(), result.tail()
+    main = json.loads((build / "api" / "main").read_text())
+    assert {p["id"] for p in main["pipelines"]} >= {"data_partitioning", "__default__"}
+    node_names = {n["name"] for n in main["nodes"]}
+    assert {"partition_clients", "plot_partition_heatmap"} <= node_names, sorted(node_names)
+    assert (build / "api" / "pipelines" / "data_partitioning").is_file()
