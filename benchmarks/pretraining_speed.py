@@ -20,7 +20,10 @@ from spire_pipeline.spire.training import ParamGroup, local_train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dcfg = DiffusionConfig()
     sched = make_scheduler(dcfg)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

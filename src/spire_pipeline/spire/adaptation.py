@@ -22,7 +22,8 @@ The result is a :class:`ModelBundle` holding only what was trained (``local[clie
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import UNet2DModel
@@ -62,6 +63,7 @@ class Adapted:
     total_params: int
     seconds: float
     result: LocalResult
+    snapshots: dict[int, ModelBundle] = field(default_factory=dict)
 
     @property
     def trained_pct(self) -> float:
@@ -139,8 +141,12 @@ def adapt(
     cfg: AdaptationConfig,
     local: LocalTrainConfig | None = None,
     progress: bool = False,
+    snapshot_steps: Sequence[int] = (),
 ) -> Adapted:
-    """Adapt ``method`` to ``client`` with the budget ``local`` (default ``cfg.local``)."""
+    """Adapt ``method`` to ``client`` with the budget ``local`` (default ``cfg.local``).
+
+    ``snapshot_steps``: also return the adapted parameters as they were after these steps.
+    """
     local = local or cfg.local
     seed = derive_seed(cfg.seed, "adapt", method, client.client)
     model, base_bundle = base_model(method, pretrained, cfg, seed)
@@ -160,25 +166,43 @@ def adapt(
     def denoise(x, t, c):
         return model(x, t, class_labels=zero.expand(x.shape[0], -1) if c is None else c).sample
 
+    info = {"base": BASE[method], "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+            "embedding_init": cfg.embedding_init if method == "spire" else None}
+
+    def pack(params: dict[str, torch.Tensor], extra: dict) -> ModelBundle:
+        trained = {k: v.detach().clone() for k, v in params.items() if k != "embedding"}
+        return ModelBundle(
+            method=method, backbone_cfg=backbone_cfg, diffusion_cfg=diffusion_cfg,
+            embeddings=(
+                {client.client: params["embedding"].detach().clone()} if "embedding" in params
+                else {}
+            ),
+            local={client.client: trained} if trained else {},
+            info=info | extra,
+        )
+
+    snapshots: dict[int, ModelBundle] = {}
+    wanted = set(snapshot_steps)
+
+    def on_step(step: int) -> None:
+        if step in wanted:
+            snapshots[step] = pack({k: v for g in groups for k, v in g.params.items()},
+                                   {"steps": step})
+
     sha_before = backbone_sha(state_of(model))
     start = time.perf_counter()
     result = local_train(denoise, groups, client.images, local, make_scheduler(diffusion_cfg),
-                         seed=seed, cond=emb, client=client.client, progress=progress)
+                         seed=seed, cond=emb, client=client.client, progress=progress,
+                         on_step=on_step)
     seconds = time.perf_counter() - start
     sha_after = backbone_sha(state_of(model))
     if method == "spire" and sha_after != sha_before:
         raise RuntimeError(f"spire adaptation of {client.client} changed the frozen backbone")
-    trained = {k: v for k, v in result.params.items() if k != "embedding"}
-    bundle = ModelBundle(
-        method=method, backbone_cfg=backbone_cfg, diffusion_cfg=diffusion_cfg,
-        embeddings={client.client: result.params["embedding"]} if emb is not None else {},
-        local={client.client: trained} if trained else {},
-        info={"base": BASE[method], "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
-              "embedding_init": cfg.embedding_init if method == "spire" else None,
-              "backbone_sha": sha_after if method == "spire" else None},
-    )
+    bundle = pack(result.params, {"backbone_sha": sha_after if method == "spire" else None})
+    for snap in snapshots.values():
+        snap.info["backbone_sha"] = bundle.info["backbone_sha"]
     n_trained = sum(v.numel() for g in groups for v in g.params.values())
-    return Adapted(bundle, n_trained, total, seconds, result)
+    return Adapted(bundle, n_trained, total, seconds, result, snapshots)
 
 
 def build_adapted(

@@ -47,6 +47,7 @@ class EvalJob:
     build: Callable[[], tuple] = field(compare=False, repr=False)
     bundle: ModelBundle = field(compare=False, repr=False)
     adapted_to: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def sample_key(self) -> tuple[str, str | None]:
@@ -168,6 +169,7 @@ def evaluate(
             "adapted_to": job.adapted_to, "kid_mean": mean, "kid_std": std,
             "n_generated": len(fake_features[key]), "n_real": len(real),
             "extractor": extractor_name,
+            **job.extra,
         })
     log.info("KID: %d rows from %d sample sets", len(rows), len(fake_features))
     return pd.DataFrame(rows), grids

@@ -12,8 +12,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ from spire_pipeline.spire.training import ClientTrainingError, ParamGroup, local
 log = logging.getLogger(__name__)
 
 CONDITIONAL = {"spire", "centralized"}
+#: bump when the checkpoint layout changes, so that old checkpoints are not resumed
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 
 def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[ClientData]) -> str:
     """Identifies a run: same method, parameters and data -> same checkpoint."""
-    h = hashlib.sha256(method.encode())
+    h = hashlib.sha256(f"{method}/checkpoint-format-{CHECKPOINT_FORMAT}".encode())
     h.update(cfg.model_dump_json(exclude={"resume", "checkpoint_dir", "threads"}).encode())
     for c in clients:
         h.update(c.client.encode())
@@ -113,136 +115,170 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class ClientState:
+    """What a client keeps to itself between rounds (never sent to the server)."""
+
+    embedding: torch.Tensor | None = None
+    head: dict[str, torch.Tensor] | None = None
+    model: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class ServerState:
+    """What the server holds: the round counter, the shared backbone and the round records."""
+
+    round: int
+    backbone: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back after a round: backbone arrays, its sample count, its loss."""
+
+    upload: dict[str, torch.Tensor]
+    num_samples: int
+    loss: float
+
+
+class Trainer:
+    """Local training of one method on one client, starting from the server's backbone.
+
+    Used by every engine: the in-process loop below, and a federated client process.
+    """
+
+    def __init__(self, method: str, cfg: PretrainingConfig) -> None:
+        self.method, self.cfg = method, cfg
+        self.model = build_backbone(cfg.backbone, seed=derive_seed(cfg.seed, "init"))
+        self.model.requires_grad_(False)
+        self.scheduler = make_scheduler(cfg.diffusion)
+        self.dim = embedding_dim(self.model)
+        self.personal_head = head_names(self.model) if method == "fedper" else []
+        names = [n for n, _ in self.model.named_parameters()]
+        #: the backbone arrays a client uploads (FedPer keeps its head)
+        self.uploaded = [n for n in names if n not in self.personal_head]
+        self._zero = torch.zeros(self.dim)
+
+    def initial_backbone(self) -> dict[str, torch.Tensor]:
+        return state_of(self.model)
+
+    def initial_client_state(self, index: int, num_clients: int) -> ClientState:
+        """A client's own state before its first round."""
+        emb = None
+        if self.method in CONDITIONAL:
+            table = init_embeddings(num_clients, self.dim, self.cfg.embedding_init,
+                                    derive_seed(self.cfg.seed, "embeddings"),
+                                    self.cfg.embedding_init_scale)
+            emb = table[index].clone()
+        head = state_of(self.model, self.personal_head) if self.personal_head else None
+        model = state_of(self.model) if self.method == "local" else None
+        return ClientState(emb, head, model)
+
+    def denoise(self, x, t, c):
+        c = self._zero.expand(x.shape[0], -1) if c is None else c
+        return self.model(x, t, class_labels=c).sample
+
+    def train(
+        self, backbone: dict[str, torch.Tensor], client: ClientData, state: ClientState,
+        round_idx: int, index: int,
+    ) -> tuple[ClientUpdate, ClientState]:
+        """One round of local training; returns what is sent and the client's new state."""
+        cfg = self.cfg
+        load_partial(self.model, state.model if state.model is not None else backbone)
+        if state.head is not None:
+            load_partial(self.model, state.head)
+        emb = None if state.embedding is None else state.embedding.clone()
+        groups = [ParamGroup(dict(self.model.named_parameters()), cfg.local.lr,
+                             cfg.local.weight_decay)]
+        if emb is not None:
+            groups.append(ParamGroup({"embedding": emb}, cfg.local.embedding_lr))
+        res = local_train(self.denoise, groups, client.images, cfg.local, self.scheduler,
+                          seed=derive_seed(cfg.seed, "train", round_idx, index), cond=emb,
+                          client=client.client)
+        new_state = ClientState(
+            embedding=res.params.get("embedding"),
+            head={n: res.params[n] for n in self.personal_head} if self.personal_head else None,
+            model=state_of(self.model) if state.model is not None else None,
+        )
+        upload = {} if self.method == "local" else {n: res.params[n] for n in self.uploaded}
+        return ClientUpdate(upload, client.num_samples, res.final_loss), new_state
+
+
+RoundCallback = Callable[[ServerState, list[ClientState]], None]
+
+
 def pretrain(
     method: str,
     cfg: PretrainingConfig,
     clients: Sequence[ClientData],
     checkpoint: Path | None = None,
     progress: bool = True,
+    callbacks: Sequence[RoundCallback] = (),
 ) -> tuple[ModelBundle, list[dict]]:
     """Run ``cfg.rounds`` rounds of ``method``; return the bundle and one record per round.
 
-    With ``checkpoint``, the state is saved after each round and a run that finds a checkpoint
-    of the same method, parameters and data resumes after its last completed round.
+    With ``checkpoint``, the server and client states are saved after each round, and a run
+    that finds a checkpoint of the same method, parameters and data resumes after its last
+    completed round. ``callbacks`` see the states after each round (tests, monitoring).
     """
-    model = build_backbone(cfg.backbone, seed=derive_seed(cfg.seed, "init"))
-    model.requires_grad_(False)
-    scheduler = make_scheduler(cfg.diffusion)
-    dim = embedding_dim(model)
+    trainer = Trainer(method, cfg)
     ids = [c.client for c in clients]
-    shared = [n for n, _ in model.named_parameters()]
-    personal_head = head_names(model) if method == "fedper" else []
-    uploaded = [n for n in shared if n not in personal_head]
-    zero = torch.zeros(dim)
-
-    state = {
-        "round": 0,
-        "backbone": state_of(model),
-        "embeddings": init_embeddings(
-            len(ids),
-            dim,
-            cfg.embedding_init,
-            derive_seed(cfg.seed, "embeddings"),
-            cfg.embedding_init_scale,
-        ),
-        "heads": {c: state_of(model, personal_head) for c in ids} if personal_head else {},
-        "local": {c: state_of(model) for c in ids} if method == "local" else {},
-        "history": [],
-        "fingerprint": config_fingerprint(method, cfg, clients),
-    }
+    fingerprint = config_fingerprint(method, cfg, clients)
+    server = ServerState(0, trainer.initial_backbone())
+    states = [trainer.initial_client_state(k, len(ids)) for k in range(len(ids))]
     if checkpoint is not None and cfg.resume and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
-        if saved.get("fingerprint") == state["fingerprint"]:
-            state = saved
-            log.info("%s: resuming from %s after round %d", method, checkpoint, state["round"])
+        if saved.get("fingerprint") == fingerprint:
+            server, states = saved["server"], saved["clients"]
+            log.info("%s: resuming from %s after round %d", method, checkpoint, server.round)
         else:
-            log.info(
-                "%s: checkpoint %s is for other parameters or data; starting over",
-                method,
-                checkpoint,
-            )
+            log.info("%s: %s is for other parameters or data; starting over", method, checkpoint)
 
-    def denoise(x, t, c):
-        c = zero.expand(x.shape[0], -1) if c is None else c
-        return model(x, t, class_labels=c).sample
-
-    bar = tqdm(
-        total=cfg.rounds,
-        initial=state["round"],
-        desc=f"pretrain {method}",
-        disable=not progress,
-        unit="round",
-    )
-    for r in range(state["round"], cfg.rounds):
+    bar = tqdm(total=cfg.rounds, initial=server.round, desc=f"pretrain {method}",
+               disable=not progress, unit="round")
+    for r in range(server.round, cfg.rounds):
         t0 = time.perf_counter()
-        selected = select_clients(cfg, r, len(ids))
-        avg = WeightedAverage()
-        losses: dict[str, float] = {}
-        failed: list[str] = []
         if method == "centralized":
             selected = list(range(len(ids)))
-            losses, failed = _train_centralized(model, denoise, state, cfg, clients, scheduler, r)
-        for k in selected if method != "centralized" else []:
-            client = clients[k]
-            bar.set_postfix_str(client.client)
-            load_partial(
-                model, state["local"][client.client] if method == "local" else state["backbone"]
-            )
-            if personal_head:
-                load_partial(model, state["heads"][client.client])
-            emb = state["embeddings"][k].clone() if method in CONDITIONAL else None
-            groups = [
-                ParamGroup(dict(model.named_parameters()), cfg.local.lr, cfg.local.weight_decay)
-            ]
-            if emb is not None:
-                groups.append(ParamGroup({"embedding": emb}, cfg.local.embedding_lr))
-            try:
-                res = local_train(
-                    denoise,
-                    groups,
-                    client.images,
-                    cfg.local,
-                    scheduler,
-                    seed=derive_seed(cfg.seed, "train", r, k),
-                    cond=emb,
-                    client=client.client,
-                )
-            except ClientTrainingError as exc:
-                log.warning("round %d: %s; its update is dropped", r, exc)
-                failed.append(client.client)
-                continue
-            losses[client.client] = res.final_loss
-            if emb is not None:
-                state["embeddings"][k] = res.params["embedding"]
-            if method == "local":
-                state["local"][client.client] = state_of(model)
-                continue
-            if personal_head:
-                state["heads"][client.client] = {n: res.params[n] for n in personal_head}
-            avg.add({n: res.params[n] for n in uploaded}, client.num_samples)
-        if method not in ("local", "centralized") and losses:
-            state["backbone"] = {**state["backbone"], **avg.result(state["backbone"])}
-        down = (
-            state_bytes({n: state["backbone"][n] for n in uploaded})
-            if method not in ("local", "centralized")
-            else 0
-        )
-        record = {
+            losses, failed = _train_centralized(trainer, server, states, clients, r)
+        else:
+            selected = select_clients(cfg, r, len(ids))
+            losses, failed = {}, []
+            avg = WeightedAverage()
+            for k in selected:
+                bar.set_postfix_str(ids[k])
+                try:
+                    update, states[k] = trainer.train(server.backbone, clients[k], states[k], r, k)
+                except ClientTrainingError as exc:
+                    log.warning("round %d: %s; its update is dropped", r, exc)
+                    failed.append(ids[k])
+                    continue
+                losses[ids[k]] = update.loss
+                if update.upload:
+                    avg.add(update.upload, update.num_samples)
+            if method != "local" and losses:
+                server.backbone = {**server.backbone, **avg.result(server.backbone)}
+        sent = 0 if method in ("local", "centralized") else state_bytes(
+            {n: server.backbone[n] for n in trainer.uploaded})
+        server.history.append({
             "method": method,
             "round": r,
             "clients": [ids[k] for k in selected],
             "failed": failed,
             "loss_mean": float(np.mean(list(losses.values()))) if losses else float("nan"),
             "client_losses": losses,
-            "bytes_down": down * len(selected),
-            "bytes_up": down * (len(selected) - len(failed)),
+            "bytes_down": sent * len(selected),
+            "bytes_up": sent * (len(selected) - len(failed)),
             "seconds": time.perf_counter() - t0,
-        }
-        state["history"].append(record)
-        state["round"] = r + 1
+        })
+        server.round = r + 1
         if checkpoint is not None:
-            _atomic_save(state, checkpoint)
-        bar.set_postfix(loss=f"{record['loss_mean']:.4f}")
+            _atomic_save({"fingerprint": fingerprint, "server": server, "clients": states},
+                         checkpoint)
+        for cb in callbacks:
+            cb(server, states)
+        bar.set_postfix(loss=f"{server.history[-1]['loss_mean']:.4f}")
         bar.update()
     bar.close()
 
@@ -250,24 +286,24 @@ def pretrain(
         method=method,
         backbone_cfg=cfg.backbone,
         diffusion_cfg=cfg.diffusion,
-        backbone={} if method == "local" else state["backbone"],
-        embeddings=(
-            {c: state["embeddings"][k] for k, c in enumerate(ids)} if method in CONDITIONAL else {}
-        ),
-        heads=state["heads"],
-        local=state["local"],
+        backbone={} if method == "local" else server.backbone,
+        embeddings={c: s.embedding for c, s in zip(ids, states) if s.embedding is not None},
+        heads={c: s.head for c, s in zip(ids, states) if s.head is not None},
+        local={c: s.model for c, s in zip(ids, states) if s.model is not None},
         info={"rounds": cfg.rounds, "clients": ids},
     )
-    return bundle, state["history"]
+    return bundle, server.history
 
 
-def _train_centralized(model, denoise, state, cfg, clients, scheduler, r):
-    """One round of the centralized reference: pooled data, the same total steps as a round."""
-    load_partial(model, state["backbone"])
+def _train_centralized(trainer: Trainer, server: ServerState, states: list[ClientState],
+                       clients: Sequence[ClientData], r: int) -> tuple[dict, list]:
+    """One round of the centralized reference: pooled data, as many steps as a round has."""
+    cfg, model = trainer.cfg, trainer.model
+    load_partial(model, server.backbone)
     images = torch.cat([c.images for c in clients])
     owner = torch.cat([torch.full((c.num_samples,), k) for k, c in enumerate(clients)])
-    table = state["embeddings"].clone()
-    m = min(len(clients), max(cfg.min_clients, round(cfg.client_fraction * len(clients))))
+    table = torch.stack([s.embedding for s in states])
+    m = len(select_clients(cfg, r, len(clients)))
     per_client = num_steps(cfg.local, int(np.mean([c.num_samples for c in clients])))
     budget = cfg.local.model_copy(update={"steps": per_client * m, "epochs": None})
     groups = [
@@ -275,19 +311,13 @@ def _train_centralized(model, denoise, state, cfg, clients, scheduler, r):
         ParamGroup({"embeddings": table}, cfg.local.embedding_lr),
     ]
     try:
-        res = local_train(
-            denoise,
-            groups,
-            images,
-            budget,
-            scheduler,
-            seed=derive_seed(cfg.seed, "train", r, "pooled"),
-            cond=lambda idx: table[owner[idx]],
-            client="pooled",
-        )
+        res = local_train(trainer.denoise, groups, images, budget, trainer.scheduler,
+                          seed=derive_seed(cfg.seed, "train", r, "pooled"),
+                          cond=lambda idx: table[owner[idx]], client="pooled")
     except ClientTrainingError as exc:
         log.warning("round %d: %s", r, exc)
         return {}, ["pooled"]
-    state["embeddings"] = res.params["embeddings"]
-    state["backbone"] = state_of(model)
+    for k, s in enumerate(states):
+        s.embedding = res.params["embeddings"][k].clone()
+    server.backbone = state_of(model)
     return {"pooled": res.final_loss}, []

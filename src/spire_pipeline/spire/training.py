@@ -75,13 +75,15 @@ def local_train(
     cond: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
     client: str = "?",
     progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> LocalResult:
     """Train the tensors in ``groups`` (all others stay fixed) with the DDPM loss.
 
     ``images`` is (N,C,H,W) in [-1, 1]. ``cond`` is ``None`` (unconditional), one conditioning
     vector for every image, or a function of the batch's image indices (pooled data). Batches are drawn without replacement
     within an epoch, from a generator seeded with ``seed``. Raises ``ClientTrainingError`` when
-    the loss is not finite, naming ``client`` and the step.
+    the loss is not finite, naming ``client`` and the step. ``on_step(k)`` is called after the
+    k-th step (1-based), e.g. to snapshot the tensors.
     """
     trainable = [t for g in groups for t in g.params.values()]
     if not trainable:
@@ -116,6 +118,8 @@ def local_train(
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1)
     for t in trainable:
         t.requires_grad_(False)
     params = {k: v.detach().clone() for gr in groups for k, v in gr.params.items()}

@@ -1,0 +1,60 @@
+"""Nodes of ``robustness_sweep``: thin wrappers over :mod:`spire_pipeline.spire.sweep`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from spire_pipeline.datasets.partitions import resolve
+from spire_pipeline.pipelines.client_adaptation.nodes import unseen_clients
+from spire_pipeline.pipelines.kid_evaluation.nodes import _extractor, extractor_label
+from spire_pipeline.spire.config import AdaptationConfig, KIDConfig, SweepConfig
+from spire_pipeline.spire.evaluation import evaluate
+from spire_pipeline.spire.plots import heatmap
+from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary
+from spire_pipeline.spire.validation import validate_params
+
+log = logging.getLogger(__name__)
+
+
+def run_sweep(
+    client_splits: dict,
+    pretrained_models: dict,
+    real_features: dict[str, np.ndarray],
+    sweep_params: dict[str, Any],
+    adaptation_params: dict[str, Any],
+    kid_params: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Adapt on the grid and measure KID of every cell on the client's test split."""
+    sweep = validate_params(SweepConfig, sweep_params, "robustness_sweep")
+    adaptation = validate_params(AdaptationConfig, adaptation_params, "client_adaptation")
+    kid_cfg = validate_params(KIDConfig, kid_params, "kid_evaluation")
+    kid_cfg = kid_cfg.model_copy(update={"num_generated": sweep.num_generated, "seed": sweep.seed})
+    clients = unseen_clients(client_splits)[: sweep.clients]
+    jobs = sweep_jobs(resolve(pretrained_models), clients, sweep, adaptation)
+    extractor = _extractor(kid_cfg)
+    table, _ = evaluate(jobs, real_features, extractor, extractor_label(extractor), kid_cfg)
+    summary = sweep_summary(table)
+    log.info("Robustness sweep:\n%s", summary.to_string(index=False))
+    ext = table["extractor"].iloc[0]
+    metrics = {f"{ext}.{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
+               for r in summary.itertuples() for k in ("kid_median", "kid_worst", "spread")}
+    return table, summary, metrics
+
+
+def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
+    """One heat map per method: median KID over clients for each (lr, epochs) cell."""
+    figs = {}
+    for method, sub in table.groupby("method"):
+        grid = sub.pivot_table(index="lr", columns="epochs", values="kid_mean", aggfunc="median")
+        figs[method] = heatmap(
+            grid.to_numpy(), row_labels=[f"{v:g}" for v in grid.index],
+            col_labels=[str(c) for c in grid.columns], fmt="{:.2f}", cmap="magma_r",
+            title=f"{method}: KID ({table['extractor'].iloc[0]}) by learning rate x epochs",
+            xlabel="epochs", ylabel="learning rate", cbar_label="KID (median over clients)",
+        )
+    return figs
