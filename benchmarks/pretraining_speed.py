@@ -27,7 +27,9 @@ def main() -> None:
     dcfg = DiffusionConfig()
     sched = make_scheduler(dcfg)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'channels':>10} {'params':>8} {'batch':>5} {'s/step':>7} {'s/100 samples (25 DDIM)':>24}")
+    print(
+        f"{'channels':>10} {'params':>8} {'batch':>5} {'s/step':>7} {'s/100 samples (25 DDIM)':>24}"
+    )
     for channels in ([16, 32], [32, 64]):
         bcfg = BackboneConfig(block_out_channels=channels)
         model = build_backbone(bcfg, seed=0).requires_grad_(False)
@@ -40,15 +42,21 @@ def main() -> None:
         images = torch.rand(512, 1, 28, 28) * 2 - 1
         for batch in (16, 32, 64):
             cfg = LocalTrainConfig(steps=args.steps + 2, batch_size=batch)
-            groups = [ParamGroup(dict(model.named_parameters()), 1e-3),
-                      ParamGroup({"e": emb.clone()}, 1e-2)]
-            res = local_train(denoise, groups, images, cfg, sched, seed=0, cond=groups[1].params["e"])
+            groups = [
+                ParamGroup(dict(model.named_parameters()), 1e-3),
+                ParamGroup({"e": emb.clone()}, 1e-2),
+            ]
+            res = local_train(
+                denoise, groups, images, cfg, sched, seed=0, cond=groups[1].params["e"]
+            )
             per_step = res.seconds / cfg.steps
             t0 = time.perf_counter()
             sample(denoise, make_sampler(sched, dcfg), 100, (1, 28, 28), emb, seed=0)
             samp = time.perf_counter() - t0 if batch == 32 else float("nan")
-            print(f"{str(channels):>10} {count_parameters(model):>8} {batch:>5} {per_step:>7.3f} "
-                  f"{samp:>24.2f}")
+            print(
+                f"{str(channels):>10} {count_parameters(model):>8} {batch:>5} {per_step:>7.3f} "
+                f"{samp:>24.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A pretrained or adapted model (:class:`~spire_pipeline.spire.bundle.ModelBundle`) as safetensors."""
+"""A pretrained or adapted :class:`~spire_pipeline.spire.bundle.ModelBundle` as safetensors."""
 
 from __future__ import annotations
 

@@ -74,8 +74,13 @@ def add_lora(model: UNet2DModel, rank: int, alpha: float) -> UNet2DModel:
     """Inject LoRA adapters (peft) into the UNet's convolutions and time projections."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS, lora_dropout=0.0,
-                     init_lora_weights=True)
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=LORA_TARGETS,
+        lora_dropout=0.0,
+        init_lora_weights=True,
+    )
     return inject_adapter_in_model(cfg, model)
 
 
@@ -113,7 +118,11 @@ def base_model(
         base_bundle = pretrained[base]
         model, _ = base_bundle.build(None)
     if method == "lora":
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        # peft draws lora_A's init from the global RNG: seed it (without touching the global
+        # state), so that an adaptation is reproducible and a sweep snapshot equals a shorter run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model.requires_grad_(False)
     return model, base_bundle
 
@@ -166,15 +175,22 @@ def adapt(
     def denoise(x, t, c):
         return model(x, t, class_labels=zero.expand(x.shape[0], -1) if c is None else c).sample
 
-    info = {"base": BASE[method], "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
-            "embedding_init": cfg.embedding_init if method == "spire" else None}
+    info = {
+        "base": BASE[method],
+        "lora_rank": cfg.lora_rank,
+        "lora_alpha": cfg.lora_alpha,
+        "embedding_init": cfg.embedding_init if method == "spire" else None,
+    }
 
     def pack(params: dict[str, torch.Tensor], extra: dict) -> ModelBundle:
         trained = {k: v.detach().clone() for k, v in params.items() if k != "embedding"}
         return ModelBundle(
-            method=method, backbone_cfg=backbone_cfg, diffusion_cfg=diffusion_cfg,
+            method=method,
+            backbone_cfg=backbone_cfg,
+            diffusion_cfg=diffusion_cfg,
             embeddings=(
-                {client.client: params["embedding"].detach().clone()} if "embedding" in params
+                {client.client: params["embedding"].detach().clone()}
+                if "embedding" in params
                 else {}
             ),
             local={client.client: trained} if trained else {},
@@ -186,14 +202,24 @@ def adapt(
 
     def on_step(step: int) -> None:
         if step in wanted:
-            snapshots[step] = pack({k: v for g in groups for k, v in g.params.items()},
-                                   {"steps": step})
+            snapshots[step] = pack(
+                {k: v for g in groups for k, v in g.params.items()}, {"steps": step}
+            )
 
     sha_before = backbone_sha(state_of(model))
     start = time.perf_counter()
-    result = local_train(denoise, groups, client.images, local, make_scheduler(diffusion_cfg),
-                         seed=seed, cond=emb, client=client.client, progress=progress,
-                         on_step=on_step)
+    result = local_train(
+        denoise,
+        groups,
+        client.images,
+        local,
+        make_scheduler(diffusion_cfg),
+        seed=seed,
+        cond=emb,
+        client=client.client,
+        progress=progress,
+        on_step=on_step,
+    )
     seconds = time.perf_counter() - start
     sha_after = backbone_sha(state_of(model))
     if method == "spire" and sha_after != sha_before:

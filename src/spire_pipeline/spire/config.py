@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 PRETRAINING_METHODS = ("spire", "fedavg", "fedper", "local", "centralized")
 ADAPTATION_METHODS = ("spire", "full_finetune", "lora", "bitfit", "head", "scratch")
@@ -81,13 +89,12 @@ class PretrainingConfig(_Strict):
     grid_samples_per_client: PositiveInt = 8
     threads: PositiveInt | None = None
 
-    @model_validator(mode="after")
-    def _methods_unique(self) -> PretrainingConfig:
-        if len(set(self.methods)) != len(self.methods) or not self.methods:
-            raise ValueError(
-                f"methods must be a non-empty list without repeats, got {self.methods}"
-            )
-        return self
+    @field_validator("methods")
+    @classmethod
+    def _methods_unique(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods) or not methods:
+            raise ValueError(f"must be a non-empty list without repeats, got {methods}")
+        return methods
 
 
 class KIDConfig(_Strict):

@@ -63,8 +63,18 @@ def pretrained_jobs(bundles: dict[str, ModelBundle], roles: dict[str, str]) -> l
             if personal and client not in b.clients():
                 continue
             cond = client if personal else None
-            jobs.append(EvalJob(client, role, method, "pretrained", f"pretrained/{method}", cond,
-                                build=lambda b=b, c=cond: b.build(c), bundle=b))
+            jobs.append(
+                EvalJob(
+                    client,
+                    role,
+                    method,
+                    "pretrained",
+                    f"pretrained/{method}",
+                    cond,
+                    build=lambda b=b, c=cond: b.build(c),
+                    bundle=b,
+                )
+            )
     return jobs
 
 
@@ -85,21 +95,51 @@ def adapted_jobs(
         method, client = key.split("__")
         source = f"adapted/{method}/{client}"
         cond = client if method == "spire" else None
-        jobs.append(EvalJob(client, roles.get(client, "unseen"), method, "adapted", source, cond,
-                            build=lambda b=b, c=client: build_adapted(b, pretrained, c), bundle=b))
+        jobs.append(
+            EvalJob(
+                client,
+                roles.get(client, "unseen"),
+                method,
+                "adapted",
+                source,
+                cond,
+                build=lambda b=b, c=client: build_adapted(b, pretrained, c),
+                bundle=b,
+            )
+        )
         if method in SHARED_WEIGHTS:
             for s in seen:
-                jobs.append(EvalJob(s, "seen", method, "after_adaptation", source, None,
-                                    build=lambda b=b, c=client: build_adapted(b, pretrained, c),
-                                    bundle=b, adapted_to=client))
+                jobs.append(
+                    EvalJob(
+                        s,
+                        "seen",
+                        method,
+                        "after_adaptation",
+                        source,
+                        None,
+                        build=lambda b=b, c=client: build_adapted(b, pretrained, c),
+                        bundle=b,
+                        adapted_to=client,
+                    )
+                )
         elif method == "spire":
             base = pretrained["spire"]
             if b.info.get("backbone_sha") != backbone_sha(base.backbone):
                 raise RuntimeError(f"spire adaptation to {client} changed the shared backbone")
             for s in seen:
-                jobs.append(EvalJob(s, "seen", method, "after_adaptation", "pretrained/spire", s,
-                                    build=lambda c=s: base.build(c), bundle=base,
-                                    adapted_to=client))
+                jobs.append(
+                    EvalJob(
+                        s,
+                        "seen",
+                        method,
+                        "after_adaptation",
+                        "pretrained/spire",
+                        s,
+                        build=lambda c=s, base=base: base.build(c),
+                        bundle=base,
+                        adapted_to=client,
+                    )
+                )
     return jobs
 
 
@@ -152,25 +192,42 @@ def evaluate(
         if key not in fake_features:
             model, emb = job.build()
             images = generate_from(
-                model, emb, job.bundle.backbone_cfg, job.bundle.diffusion_cfg, cfg.num_generated,
+                model,
+                emb,
+                job.bundle.backbone_cfg,
+                job.bundle.diffusion_cfg,
+                cfg.num_generated,
                 seed=derive_seed(cfg.seed, "kid", job.condition or "-"),
-                steps=cfg.sampler_steps, batch_size=cfg.batch_size,
+                steps=cfg.sampler_steps,
+                batch_size=cfg.batch_size,
             )
             fake_features[key] = extractor(images)
             firsts[key] = images[: cfg.grid_samples]
         if job.phase != "after_adaptation":
             grids[(job.client, job.method, job.phase)] = firsts[key]
         real = real_features[job.client]
-        mean, std = kid(fake_features[key], real, num_subsets=cfg.num_subsets,
-                        max_subset_size=cfg.max_subset_size,
-                        seed=derive_seed(cfg.seed, "subsets", job.client))
-        rows.append({
-            "client": job.client, "role": job.role, "method": job.method, "phase": job.phase,
-            "adapted_to": job.adapted_to, "kid_mean": mean, "kid_std": std,
-            "n_generated": len(fake_features[key]), "n_real": len(real),
-            "extractor": extractor_name,
-            **job.extra,
-        })
+        mean, std = kid(
+            fake_features[key],
+            real,
+            num_subsets=cfg.num_subsets,
+            max_subset_size=cfg.max_subset_size,
+            seed=derive_seed(cfg.seed, "subsets", job.client),
+        )
+        rows.append(
+            {
+                "client": job.client,
+                "role": job.role,
+                "method": job.method,
+                "phase": job.phase,
+                "adapted_to": job.adapted_to,
+                "kid_mean": mean,
+                "kid_std": std,
+                "n_generated": len(fake_features[key]),
+                "n_real": len(real),
+                "extractor": extractor_name,
+                **job.extra,
+            }
+        )
     log.info("KID: %d rows from %d sample sets", len(rows), len(fake_features))
     return pd.DataFrame(rows), grids
 
@@ -178,9 +235,14 @@ def evaluate(
 def kid_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Median, mean and worst KID per (phase, role, method)."""
     g = table.groupby(["phase", "role", "method"])["kid_mean"]
-    out = pd.DataFrame({
-        "clients": g.size(), "kid_median": g.median(), "kid_mean": g.mean(), "kid_worst": g.max(),
-    }).reset_index()
+    out = pd.DataFrame(
+        {
+            "clients": g.size(),
+            "kid_median": g.median(),
+            "kid_mean": g.mean(),
+            "kid_worst": g.max(),
+        }
+    ).reset_index()
     out["extractor"] = table["extractor"].iloc[0] if len(table) else ""
     return out
 
@@ -196,13 +258,16 @@ def forgetting_table(table: pd.DataFrame) -> pd.DataFrame:
         if b.empty:
             continue
         merged = sub.merge(b[["client", "kid_mean"]], on="client", suffixes=("_after", "_before"))
-        rows.append({
-            "method": method, "base": base,
-            "seen_kid_before": merged["kid_mean_before"].median(),
-            "seen_kid_after": merged["kid_mean_after"].median(),
-            "difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).median(),
-            "worst_difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).max(),
-            "adaptations": sub["adapted_to"].nunique(),
-            "extractor": sub["extractor"].iloc[0],
-        })
+        rows.append(
+            {
+                "method": method,
+                "base": base,
+                "seen_kid_before": merged["kid_mean_before"].median(),
+                "seen_kid_after": merged["kid_mean_after"].median(),
+                "difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).median(),
+                "worst_difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).max(),
+                "adaptations": sub["adapted_to"].nunique(),
+                "extractor": sub["extractor"].iloc[0],
+            }
+        )
     return pd.DataFrame(rows)

@@ -101,7 +101,9 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[ClientData]) -> str:
     """Identifies a run: same method, parameters and data -> same checkpoint."""
     h = hashlib.sha256(f"{method}/checkpoint-format-{CHECKPOINT_FORMAT}".encode())
-    h.update(cfg.model_dump_json(exclude={"resume", "checkpoint_dir", "threads"}).encode())
+    unrelated = {"resume", "checkpoint_dir", "threads", "methods", "engine",
+                 "grid_samples_per_client"}
+    h.update(cfg.model_dump_json(exclude=unrelated).encode())
     for c in clients:
         h.update(c.client.encode())
         h.update(c.images.numpy().tobytes())
@@ -167,9 +169,13 @@ class Trainer:
         """A client's own state before its first round."""
         emb = None
         if self.method in CONDITIONAL:
-            table = init_embeddings(num_clients, self.dim, self.cfg.embedding_init,
-                                    derive_seed(self.cfg.seed, "embeddings"),
-                                    self.cfg.embedding_init_scale)
+            table = init_embeddings(
+                num_clients,
+                self.dim,
+                self.cfg.embedding_init,
+                derive_seed(self.cfg.seed, "embeddings"),
+                self.cfg.embedding_init_scale,
+            )
             emb = table[index].clone()
         head = state_of(self.model, self.personal_head) if self.personal_head else None
         model = state_of(self.model) if self.method == "local" else None
@@ -180,8 +186,12 @@ class Trainer:
         return self.model(x, t, class_labels=c).sample
 
     def train(
-        self, backbone: dict[str, torch.Tensor], client: ClientData, state: ClientState,
-        round_idx: int, index: int,
+        self,
+        backbone: dict[str, torch.Tensor],
+        client: ClientData,
+        state: ClientState,
+        round_idx: int,
+        index: int,
     ) -> tuple[ClientUpdate, ClientState]:
         """One round of local training; returns what is sent and the client's new state."""
         cfg = self.cfg
@@ -189,13 +199,21 @@ class Trainer:
         if state.head is not None:
             load_partial(self.model, state.head)
         emb = None if state.embedding is None else state.embedding.clone()
-        groups = [ParamGroup(dict(self.model.named_parameters()), cfg.local.lr,
-                             cfg.local.weight_decay)]
+        groups = [
+            ParamGroup(dict(self.model.named_parameters()), cfg.local.lr, cfg.local.weight_decay)
+        ]
         if emb is not None:
             groups.append(ParamGroup({"embedding": emb}, cfg.local.embedding_lr))
-        res = local_train(self.denoise, groups, client.images, cfg.local, self.scheduler,
-                          seed=derive_seed(cfg.seed, "train", round_idx, index), cond=emb,
-                          client=client.client)
+        res = local_train(
+            self.denoise,
+            groups,
+            client.images,
+            cfg.local,
+            self.scheduler,
+            seed=derive_seed(cfg.seed, "train", round_idx, index),
+            cond=emb,
+            client=client.client,
+        )
         new_state = ClientState(
             embedding=res.params.get("embedding"),
             head={n: res.params[n] for n in self.personal_head} if self.personal_head else None,
@@ -235,8 +253,13 @@ def pretrain(
         else:
             log.info("%s: %s is for other parameters or data; starting over", method, checkpoint)
 
-    bar = tqdm(total=cfg.rounds, initial=server.round, desc=f"pretrain {method}",
-               disable=not progress, unit="round")
+    bar = tqdm(
+        total=cfg.rounds,
+        initial=server.round,
+        desc=f"pretrain {method}",
+        disable=not progress,
+        unit="round",
+    )
     for r in range(server.round, cfg.rounds):
         t0 = time.perf_counter()
         if method == "centralized":
@@ -259,23 +282,29 @@ def pretrain(
                     avg.add(update.upload, update.num_samples)
             if method != "local" and losses:
                 server.backbone = {**server.backbone, **avg.result(server.backbone)}
-        sent = 0 if method in ("local", "centralized") else state_bytes(
-            {n: server.backbone[n] for n in trainer.uploaded})
-        server.history.append({
-            "method": method,
-            "round": r,
-            "clients": [ids[k] for k in selected],
-            "failed": failed,
-            "loss_mean": float(np.mean(list(losses.values()))) if losses else float("nan"),
-            "client_losses": losses,
-            "bytes_down": sent * len(selected),
-            "bytes_up": sent * (len(selected) - len(failed)),
-            "seconds": time.perf_counter() - t0,
-        })
+        sent = (
+            0
+            if method in ("local", "centralized")
+            else state_bytes({n: server.backbone[n] for n in trainer.uploaded})
+        )
+        server.history.append(
+            {
+                "method": method,
+                "round": r,
+                "clients": [ids[k] for k in selected],
+                "failed": failed,
+                "loss_mean": float(np.mean(list(losses.values()))) if losses else float("nan"),
+                "client_losses": losses,
+                "bytes_down": sent * len(selected),
+                "bytes_up": sent * (len(selected) - len(failed)),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         server.round = r + 1
         if checkpoint is not None:
-            _atomic_save({"fingerprint": fingerprint, "server": server, "clients": states},
-                         checkpoint)
+            _atomic_save(
+                {"fingerprint": fingerprint, "server": server, "clients": states}, checkpoint
+            )
         for cb in callbacks:
             cb(server, states)
         bar.set_postfix(loss=f"{server.history[-1]['loss_mean']:.4f}")
@@ -295,8 +324,13 @@ def pretrain(
     return bundle, server.history
 
 
-def _train_centralized(trainer: Trainer, server: ServerState, states: list[ClientState],
-                       clients: Sequence[ClientData], r: int) -> tuple[dict, list]:
+def _train_centralized(
+    trainer: Trainer,
+    server: ServerState,
+    states: list[ClientState],
+    clients: Sequence[ClientData],
+    r: int,
+) -> tuple[dict, list]:
     """One round of the centralized reference: pooled data, as many steps as a round has."""
     cfg, model = trainer.cfg, trainer.model
     load_partial(model, server.backbone)
@@ -311,9 +345,16 @@ def _train_centralized(trainer: Trainer, server: ServerState, states: list[Clien
         ParamGroup({"embeddings": table}, cfg.local.embedding_lr),
     ]
     try:
-        res = local_train(trainer.denoise, groups, images, budget, trainer.scheduler,
-                          seed=derive_seed(cfg.seed, "train", r, "pooled"),
-                          cond=lambda idx: table[owner[idx]], client="pooled")
+        res = local_train(
+            trainer.denoise,
+            groups,
+            images,
+            budget,
+            trainer.scheduler,
+            seed=derive_seed(cfg.seed, "train", r, "pooled"),
+            cond=lambda idx: table[owner[idx]],
+            client="pooled",
+        )
     except ClientTrainingError as exc:
         log.warning("round %d: %s", r, exc)
         return {}, ["pooled"]

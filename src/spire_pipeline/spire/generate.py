@@ -32,8 +32,17 @@ def generate_from(
     def denoise(x, t, c):
         return model(x, t, class_labels=c).sample
 
-    return sample(denoise, sampler, num, (backbone_cfg.channels, size, size), cond, seed,
-                  batch_size=batch_size, progress=progress, desc=desc)
+    return sample(
+        denoise,
+        sampler,
+        num,
+        (backbone_cfg.channels, size, size),
+        cond,
+        seed,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
 
 
 def generate(
@@ -47,5 +56,15 @@ def generate(
 ) -> np.ndarray:
     """``num`` uint8 images from ``bundle`` for ``client`` (``None``: its shared model)."""
     model, emb = bundle.build(client)
-    return generate_from(model, emb, bundle.backbone_cfg, bundle.diffusion_cfg, num, seed, steps,
-                         batch_size, progress, desc=f"sample {bundle.method}:{client}")
+    return generate_from(
+        model,
+        emb,
+        bundle.backbone_cfg,
+        bundle.diffusion_cfg,
+        num,
+        seed,
+        steps,
+        batch_size,
+        progress,
+        desc=f"sample {bundle.method}:{client}",
+    )

@@ -22,7 +22,7 @@ HEAD_PREFIXES = ("conv_norm_out.", "conv_out.")
 
 
 def build_backbone(cfg: BackboneConfig, seed: int | None = None) -> UNet2DModel:
-    """A UNet for ``image_size`` x ``image_size`` images, conditioned by an identity class embedding."""
+    """A UNet for square images, conditioned through an identity class embedding."""
     n = len(cfg.block_out_channels)
     down = ["DownBlock2D"] * n
     up = ["UpBlock2D"] * n

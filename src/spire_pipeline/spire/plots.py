@@ -104,8 +104,11 @@ def line_plot(
 
 def grouped_bars(table, title: str, value: str = "kid_mean", error: str = "kid_std") -> Figure:
     """Bars of ``value`` per client, one colour per method, one panel per phase."""
-    table = (table.groupby(["phase", "client", "method"], sort=False)[[value, error]].mean()
-             .reset_index())
+    table = (
+        table.groupby(["phase", "client", "method"], sort=False)[[value, error]]
+        .mean()
+        .reset_index()
+    )
     phases = list(dict.fromkeys(table["phase"]))
     fig = Figure(figsize=(max(6.0, 0.6 * table["client"].nunique() + 2), 3.2 * len(phases)))
     axes = fig.subplots(len(phases), 1, squeeze=False)[:, 0]

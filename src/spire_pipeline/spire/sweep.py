@@ -35,19 +35,34 @@ def sweep_jobs(
         local = adaptation.local.model_copy(
             update={"steps": max(steps.values()), "epochs": None, "lr": lr, "embedding_lr": lr}
         )
-        a = adapt(method, pretrained, client, adaptation, local=local,
-                  snapshot_steps=list(steps.values()))
+        a = adapt(
+            method, pretrained, client, adaptation, local=local, snapshot_steps=list(steps.values())
+        )
         for epochs, step in steps.items():
             b = a.snapshots[step]
             source = f"sweep/{method}/{client.client}/{lr:g}/{epochs}"
             cond = client.client if method == "spire" else None
-            jobs.append(EvalJob(
-                client.client, "unseen", method, "sweep", source, cond,
-                build=lambda b=b, c=client.client: build_adapted(b, pretrained, c), bundle=b,
-                extra={"lr": lr, "epochs": epochs, "steps": step,
-                       "final_loss": float(sum(a.result.losses[step - max(1, step // 4):step])
-                                           / max(1, step // 4))},
-            ))
+            jobs.append(
+                EvalJob(
+                    client.client,
+                    "unseen",
+                    method,
+                    "sweep",
+                    source,
+                    cond,
+                    build=lambda b=b, c=client.client: build_adapted(b, pretrained, c),
+                    bundle=b,
+                    extra={
+                        "lr": lr,
+                        "epochs": epochs,
+                        "steps": step,
+                        "final_loss": float(
+                            sum(a.result.losses[step - max(1, step // 4) : step])
+                            / max(1, step // 4)
+                        ),
+                    },
+                )
+            )
     return jobs
 
 

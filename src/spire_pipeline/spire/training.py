@@ -80,10 +80,10 @@ def local_train(
     """Train the tensors in ``groups`` (all others stay fixed) with the DDPM loss.
 
     ``images`` is (N,C,H,W) in [-1, 1]. ``cond`` is ``None`` (unconditional), one conditioning
-    vector for every image, or a function of the batch's image indices (pooled data). Batches are drawn without replacement
-    within an epoch, from a generator seeded with ``seed``. Raises ``ClientTrainingError`` when
-    the loss is not finite, naming ``client`` and the step. ``on_step(k)`` is called after the
-    k-th step (1-based), e.g. to snapshot the tensors.
+    vector for every image, or a function of the batch's image indices (pooled data). Batches
+    are drawn without replacement within an epoch, from a generator seeded with ``seed``.
+    Raises ``ClientTrainingError`` when the loss is not finite, naming ``client`` and the step.
+    ``on_step(k)`` is called after the k-th step (1-based), e.g. to snapshot the tensors.
     """
     trainable = [t for g in groups for t in g.params.values()]
     if not trainable:

@@ -37,25 +37,37 @@ def adapt_unseen_clients(
     pretrained = resolve(pretrained_models)
     clients = unseen_clients(client_splits)
     if not clients:
-        raise ValueError("client_adaptation: the partition has no unseen clients "
-                         "(data_partitioning.num_unseen_clients is 0)")
+        raise ValueError(
+            "client_adaptation: the partition has no unseen clients "
+            "(data_partitioning.num_unseen_clients is 0)"
+        )
     adapted, rows = {}, []
     jobs = [(m, c) for m in cfg.methods for c in clients]
     for method, client in tqdm(jobs, desc="adapt", unit="client"):
         a = adapt(method, pretrained, client, cfg)
         adapted[f"{method}__{client.client}"] = a.bundle
-        rows.append({
-            "client": client.client, "method": method, "trained_params": a.trained_params,
-            "trained_pct": a.trained_pct, "seconds": a.seconds,
-            "steps": len(a.result.losses), "final_loss": a.result.final_loss,
-        })
+        rows.append(
+            {
+                "client": client.client,
+                "method": method,
+                "trained_params": a.trained_params,
+                "trained_pct": a.trained_pct,
+                "seconds": a.seconds,
+                "steps": len(a.result.losses),
+                "final_loss": a.result.final_loss,
+            }
+        )
     table = pd.DataFrame(rows)
     per_method = table.groupby("method").agg(
-        trained_params=("trained_params", "first"), trained_pct=("trained_pct", "first"),
-        seconds=("seconds", "median"), final_loss=("final_loss", "median"))
+        trained_params=("trained_params", "first"),
+        trained_pct=("trained_pct", "first"),
+        seconds=("seconds", "median"),
+        final_loss=("final_loss", "median"),
+    )
     log.info("Adaptation:\n%s", per_method.to_string())
     metrics = {
         f"{m}.{k}": {"value": float(v), "step": 0}
-        for m, r in per_method.iterrows() for k, v in r.items()
+        for m, r in per_method.iterrows()
+        for k, v in r.items()
     }
     return adapted, table, metrics

@@ -38,15 +38,20 @@ def extractor_label(extractor) -> str:
     return f"{extractor.name}_{extractor.image_size}px"
 
 
-def real_features(
-    client_splits: dict, params: dict[str, Any]
-) -> dict[str, np.ndarray]:
+def real_features(client_splits: dict, params: dict[str, Any]) -> dict[str, np.ndarray]:
     """Features of each client's held-out test images (cached while data and extractor agree)."""
     cfg = validate_params(KIDConfig, params, "kid_evaluation")
     extractor = _extractor(cfg)
-    tests = {c: s.test_images[: cfg.max_real] for c, s in splits_from_partitions(client_splits).items()}
-    return cached_features(tests, extractor, extractor.name, extractor.image_size,
-                           Path(cfg.cache_dir) if cfg.cache_dir else None)
+    tests = {
+        c: s.test_images[: cfg.max_real] for c, s in splits_from_partitions(client_splits).items()
+    }
+    return cached_features(
+        tests,
+        extractor,
+        extractor.name,
+        extractor.image_size,
+        Path(cfg.cache_dir) if cfg.cache_dir else None,
+    )
 
 
 def evaluate_kid(
@@ -67,8 +72,9 @@ def evaluate_kid(
     splits = splits_from_partitions(client_splits)
     roles = {c: s.role for c, s in splits.items()}
     pretrained = resolve(pretrained_models)
-    jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(resolve(adapted_models), pretrained,
-                                                             roles)
+    jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
+        resolve(adapted_models), pretrained, roles
+    )
     extractor = _extractor(cfg)
     table, grids = evaluate(jobs, real_features, extractor, extractor_label(extractor), cfg)
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
@@ -101,10 +107,13 @@ def unseen_client_table(kid_table: pd.DataFrame, adaptation_table: pd.DataFrame)
     """Per adaptation method: parameters trained, adaptation time and unseen-client KID."""
     kids = kid_table[kid_table["phase"] == "adapted"].groupby("method")["kid_mean"]
     cost = adaptation_table.groupby("method").agg(
-        trained_params=("trained_params", "first"), trained_pct=("trained_pct", "first"),
-        seconds_median=("seconds", "median"))
-    out = cost.join(pd.DataFrame({"kid_median": kids.median(), "kid_worst": kids.max(),
-                                  "clients": kids.size()}))
+        trained_params=("trained_params", "first"),
+        trained_pct=("trained_pct", "first"),
+        seconds_median=("seconds", "median"),
+    )
+    out = cost.join(
+        pd.DataFrame({"kid_median": kids.median(), "kid_worst": kids.max(), "clients": kids.size()})
+    )
     out["extractor"] = kid_table["extractor"].iloc[0]
     return out.reset_index().sort_values("kid_median")
 
@@ -125,6 +134,9 @@ def plot_kid_sample_grids(client_splits: dict, samples: dict[str, np.ndarray]) -
     for client, rows in per_client.items():
         n = max(len(r[1]) for r in rows)
         real = splits[client].test_images[:n]
-        figs[client] = image_grid([real] + [r[1] for r in rows], ["real (test)"] + [r[0] for r in rows],
-                                  title=f"{client}: real test images and samples per method")
+        figs[client] = image_grid(
+            [real] + [r[1] for r in rows],
+            ["real (test)"] + [r[0] for r in rows],
+            title=f"{client}: real test images and samples per method",
+        )
     return figs

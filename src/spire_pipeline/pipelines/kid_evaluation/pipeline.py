@@ -23,8 +23,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 evaluate_kid,
-                inputs=["client_splits", "pretrained_models", "adapted_models",
-                        "kid_real_features", "params:kid_evaluation"],
+                inputs=[
+                    "client_splits",
+                    "pretrained_models",
+                    "adapted_models",
+                    "kid_real_features",
+                    "params:kid_evaluation",
+                ],
                 outputs=["kid_table", "kid_samples"],
                 name="evaluate_kid",
             ),

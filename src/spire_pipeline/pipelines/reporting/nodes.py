@@ -22,8 +22,9 @@ def summarize_claims(
     """Which of the paper's claims hold on this run's numbers."""
     claims = check_claims(kid_summary, unseen_client_table, forgetting_table, gmm_theory_slopes)
     log.info("Claims:\n%s", claims.to_string(index=False))
-    metrics = {f"claim{i + 1}_holds": {"value": float(h), "step": 0}
-               for i, h in enumerate(claims["holds"])}
+    metrics = {
+        f"claim{i + 1}_holds": {"value": float(h), "step": 0} for i, h in enumerate(claims["holds"])
+    }
     return claims, metrics
 
 
@@ -38,19 +39,28 @@ def write_report(
 ) -> str:
     """A markdown report of the run (data, pretraining, KID, adaptation, forgetting, theory)."""
     last = pretraining_history.groupby("method").agg(
-        rounds=("round", "max"), final_loss=("loss_mean", "last"),
-        seconds_per_round=("seconds", "mean"), bytes_up_per_round=("bytes_up", "mean"))
+        rounds=("round", "max"),
+        final_loss=("loss_mean", "last"),
+        seconds_per_round=("seconds", "mean"),
+        bytes_up_per_round=("bytes_up", "mean"),
+    )
     last["rounds"] += 1
     parts = [
         "# SPIRE run report",
-        "## Claims", markdown_table(claims),
-        "## Clients", markdown_table(partition_table),
-        "## Federated pretraining", markdown_table(last.reset_index()),
-        "## Per-client KID (median over clients)", markdown_table(kid_summary),
-        "## Unseen clients: adaptation", markdown_table(unseen_client_table),
+        "## Claims",
+        markdown_table(claims),
+        "## Clients",
+        markdown_table(partition_table),
+        "## Federated pretraining",
+        markdown_table(last.reset_index()),
+        "## Per-client KID (median over clients)",
+        markdown_table(kid_summary),
+        "## Unseen clients: adaptation",
+        markdown_table(unseen_client_table),
         "## Forgetting (seen-client KID before and after adapting)",
         markdown_table(forgetting_table),
-        "## Theory: fitted slopes", markdown_table(gmm_theory_slopes),
+        "## Theory: fitted slopes",
+        markdown_table(gmm_theory_slopes),
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -61,12 +71,19 @@ def plot_efficiency(unseen_client_table: pd.DataFrame) -> Figure:
     ax = fig.add_subplot()
     for r in unseen_client_table.itertuples():
         ax.scatter(r.trained_params, r.kid_median, s=40)
-        ax.annotate(r.method, (r.trained_params, r.kid_median), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
+        ax.annotate(
+            r.method,
+            (r.trained_params, r.kid_median),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
     ax.set_xscale("log")
-    ax.set(xlabel="parameters trained per unseen client (log)",
-           ylabel=f"median unseen-client KID ({unseen_client_table['extractor'].iloc[0]})",
-           title="Adaptation: quality vs parameters trained")
+    ax.set(
+        xlabel="parameters trained per unseen client (log)",
+        ylabel=f"median unseen-client KID ({unseen_client_table['extractor'].iloc[0]})",
+        title="Adaptation: quality vs parameters trained",
+    )
     ax.grid(alpha=0.3)
     ymin = float(np.nanmin(unseen_client_table["kid_median"]))
     ax.set_ylim(bottom=min(0.0, ymin))

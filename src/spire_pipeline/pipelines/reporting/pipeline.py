@@ -11,20 +11,34 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 summarize_claims,
-                inputs=["kid_summary", "unseen_client_table", "forgetting_table",
-                        "gmm_theory_slopes"],
+                inputs=[
+                    "kid_summary",
+                    "unseen_client_table",
+                    "forgetting_table",
+                    "gmm_theory_slopes",
+                ],
                 outputs=["claims_table", "claims_metrics"],
                 name="summarize_claims",
             ),
             Node(
                 write_report,
-                inputs=["partition_table", "pretraining_history", "kid_summary",
-                        "unseen_client_table", "forgetting_table", "gmm_theory_slopes",
-                        "claims_table"],
+                inputs=[
+                    "partition_table",
+                    "pretraining_history",
+                    "kid_summary",
+                    "unseen_client_table",
+                    "forgetting_table",
+                    "gmm_theory_slopes",
+                    "claims_table",
+                ],
                 outputs="run_report",
                 name="write_report",
             ),
-            Node(plot_efficiency, inputs="unseen_client_table", outputs="efficiency_plot",
-                 name="plot_efficiency"),
+            Node(
+                plot_efficiency,
+                inputs="unseen_client_table",
+                outputs="efficiency_plot",
+                name="plot_efficiency",
+            ),
         ]
     )

@@ -41,8 +41,11 @@ def run_sweep(
     summary = sweep_summary(table)
     log.info("Robustness sweep:\n%s", summary.to_string(index=False))
     ext = table["extractor"].iloc[0]
-    metrics = {f"{ext}.{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
-               for r in summary.itertuples() for k in ("kid_median", "kid_worst", "spread")}
+    metrics = {
+        f"{ext}.{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
+        for r in summary.itertuples()
+        for k in ("kid_median", "kid_worst", "spread")
+    }
     return table, summary, metrics
 
 
@@ -52,9 +55,14 @@ def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
     for method, sub in table.groupby("method"):
         grid = sub.pivot_table(index="lr", columns="epochs", values="kid_mean", aggfunc="median")
         figs[method] = heatmap(
-            grid.to_numpy(), row_labels=[f"{v:g}" for v in grid.index],
-            col_labels=[str(c) for c in grid.columns], fmt="{:.2f}", cmap="magma_r",
+            grid.to_numpy(),
+            row_labels=[f"{v:g}" for v in grid.index],
+            col_labels=[str(c) for c in grid.columns],
+            fmt="{:.2f}",
+            cmap="magma_r",
             title=f"{method}: KID ({table['extractor'].iloc[0]}) by learning rate x epochs",
-            xlabel="epochs", ylabel="learning rate", cbar_label="KID (median over clients)",
+            xlabel="epochs",
+            ylabel="learning rate",
+            cbar_label="KID (median over clients)",
         )
     return figs

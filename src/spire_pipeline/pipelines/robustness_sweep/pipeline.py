@@ -11,13 +11,22 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 run_sweep,
-                inputs=["client_splits", "pretrained_models", "kid_real_features",
-                        "params:robustness_sweep", "params:client_adaptation",
-                        "params:kid_evaluation"],
+                inputs=[
+                    "client_splits",
+                    "pretrained_models",
+                    "kid_real_features",
+                    "params:robustness_sweep",
+                    "params:client_adaptation",
+                    "params:kid_evaluation",
+                ],
                 outputs=["sweep_table", "sweep_summary", "sweep_metrics"],
                 name="run_robustness_sweep",
             ),
-            Node(plot_sweep_heatmaps, inputs="sweep_table", outputs="sweep_heatmaps",
-                 name="plot_sweep_heatmaps"),
+            Node(
+                plot_sweep_heatmaps,
+                inputs="sweep_table",
+                outputs="sweep_heatmaps",
+                name="plot_sweep_heatmaps",
+            ),
         ]
     )

@@ -1,0 +1,228 @@
+"""End to end: the main job ``kedro run --env quick`` (``__default__``: partitioning,
+pretraining, adaptation, KID, theory, reporting) in a copy of the project, then
+``kedro run --env quick --pipeline robustness_sweep`` in the same copy.
+
+Run with ``pytest -s`` to see how long each run took.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from spire_pipeline.spire.partition import client_names
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: every pipeline DESIGN names
+PIPELINES = {
+    "data_partitioning", "federated_pretraining", "client_adaptation", "kid_evaluation",
+    "robustness_sweep", "gmm_theory", "reporting", "__default__",
+}
+MAIN_TIMEOUT_S = 600
+SWEEP_TIMEOUT_S = 300
+
+
+def quick(section: str) -> dict:
+    text = (REPO / f"conf/quick/parameters_{section}.yml").read_text()
+    return yaml.safe_load(text)[section]
+
+
+@pytest.fixture(scope="module")
+def clients() -> tuple[list[str], list[str]]:
+    p = quick("data_partitioning")
+    return client_names(p["num_seen_clients"], p["num_unseen_clients"])
+
+
+@pytest.fixture(scope="module")
+def main_run(make_project_copy, run_kedro):
+    """A private project copy in which the quick main job has completed."""
+    project = make_project_copy("main_job_e2e")
+    start = time.perf_counter()
+    result = run_kedro(project, "--env", "quick", timeout=MAIN_TIMEOUT_S)
+    seconds = time.perf_counter() - start
+    print(f"\n[timing] kedro run --env quick (__default__): {seconds:.1f} s")
+    return project, result
+
+
+@pytest.fixture(scope="module")
+def sweep_run(main_run, run_kedro):
+    """The quick robustness sweep, in the same copy, after the main job."""
+    project, _ = main_run
+    start = time.perf_counter()
+    result = run_kedro(project, "--env", "quick", "--pipeline", "robustness_sweep",
+                       timeout=SWEEP_TIMEOUT_S)
+    seconds = time.perf_counter() - start
+    print(f"\n[timing] kedro run --env quick --pipeline robustness_sweep: {seconds:.1f} s")
+    return project, result
+
+
+def one_version(folder: Path) -> str:
+    assert folder.is_dir(), f"{folder} was not written"
+    versions = sorted(p.name for p in folder.iterdir())
+    assert len(versions) == 1, versions
+    return versions[0]
+
+
+def versioned(project: Path, relative: str) -> Path:
+    """The file of the only saved version of a versioned dataset ``relative``."""
+    folder = project / relative
+    return folder / one_version(folder) / folder.name
+
+
+def mlflow_run(project: Path, name: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spire_pipeline")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]
+
+
+def artifact_files(client, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= artifact_files(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+# ----------------------------------------------------------------------------- main job
+
+
+def test_main_job_succeeds(main_run) -> None:
+    _, result = main_run
+    assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
+    assert "Parameters validated" in result.flat_output, result.tail()
+
+
+def test_kid_table(main_run, clients) -> None:
+    project, _ = main_run
+    seen, unseen = clients
+    table = pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))
+    columns = {"client", "role", "method", "phase", "kid_mean", "kid_std", "n_generated",
+               "n_real", "extractor"}
+    assert columns <= set(table.columns)
+    assert set(table["client"]) == set(seen + unseen)
+    assert set(table["phase"]) == {"pretrained", "adapted", "after_adaptation"}
+    pretrained = table[table["phase"] == "pretrained"]
+    assert set(pretrained["client"]) == set(seen + unseen)
+    assert set(table[table["phase"] == "adapted"]["client"]) == set(unseen)
+    assert set(table[table["phase"] == "after_adaptation"]["client"]) == set(seen)
+    methods = set(quick("client_adaptation")["methods"])
+    assert set(table[table["phase"] == "adapted"]["method"]) == methods
+    for u in unseen:  # every method adapted to every unseen client
+        assert set(table[(table["phase"] == "adapted") & (table["client"] == u)]["method"]) == (
+            methods
+        )
+    assert set(pretrained["method"]) == set(quick("federated_pretraining")["methods"])
+    assert np.isfinite(table[["kid_mean", "kid_std"]].to_numpy(float)).all()
+    (extractor,) = set(table["extractor"])
+    kid_params = quick("kid_evaluation")
+    assert extractor == f"{kid_params['extractor']}_{kid_params['image_size']}px"
+    assert (table["n_generated"] == kid_params["num_generated"]).all()
+    assert (table["n_real"] <= kid_params["max_real"]).all()
+
+
+def test_reporting_tables(main_run, clients) -> None:
+    project, _ = main_run
+    _, unseen = clients
+    methods = quick("client_adaptation")["methods"]
+    adaptation = pd.read_csv(versioned(project, "data/07_model_output/adaptation_table.csv"))
+    assert {"client", "method", "trained_params", "trained_pct", "seconds"} <= set(
+        adaptation.columns
+    )
+    assert sorted(zip(adaptation["method"], adaptation["client"])) == sorted(
+        (m, u) for m in methods for u in unseen
+    )
+    assert (adaptation["trained_params"] > 0).all() and (adaptation["seconds"] > 0).all()
+    assert (adaptation["trained_pct"] <= 100).all()
+    spire = adaptation[adaptation["method"] == "spire"]
+    width = quick("federated_pretraining")["backbone"]["block_out_channels"][0]
+    assert (spire["trained_params"] == 4 * width).all()
+
+    unseen_table = pd.read_csv(versioned(project, "data/08_reporting/unseen_client_table.csv"))
+    assert set(unseen_table["method"]) == set(methods)
+    forgetting = pd.read_csv(versioned(project, "data/08_reporting/forgetting_table.csv"))
+    f = forgetting.set_index("method")
+    assert f.loc["spire", "worst_difference"] == 0.0  # same backbone, same samples
+    claims = pd.read_csv(versioned(project, "data/08_reporting/claims.csv"))
+    assert list(claims.columns) == ["claim", "measured", "holds"] and len(claims) >= 3
+    report = versioned(project, "data/08_reporting/report.md").read_text()
+    assert report.startswith("# SPIRE run report") and "## Claims" in report
+    assert versioned(project, "data/08_reporting/kid_summary.csv").is_file()
+    for png in ("kid_bar_chart.png", "efficiency.png"):
+        assert versioned(project, f"data/08_reporting/{png}").read_bytes()[:8] == PNG_MAGIC
+    # one save version for everything the run wrote
+    versions = {
+        one_version(project / rel)
+        for rel in (
+            "data/08_reporting/kid_table.csv", "data/08_reporting/unseen_client_table.csv",
+            "data/08_reporting/forgetting_table.csv", "data/08_reporting/claims.csv",
+            "data/08_reporting/report.md", "data/07_model_output/adaptation_table.csv",
+            "data/06_models/pretrained", "data/06_models/adapted",
+        )
+    }
+    assert len(versions) == 1, versions
+
+
+def test_mlflow_metrics_and_artifacts(main_run) -> None:
+    project, _ = main_run
+    client, run = mlflow_run(project, "__default__")
+    assert run.info.status == "FINISHED"
+    (extractor,) = set(pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))[
+        "extractor"
+    ])
+    metrics = run.data.metrics
+    for prefix in (f"kid.{extractor}.", "adaptation.", "pretraining.", "partition.",
+                   "gmm_theory.", "reporting."):
+        assert any(k.startswith(prefix) for k in metrics), (prefix, sorted(metrics)[:20])
+    assert all(np.isfinite(v) for k, v in metrics.items() if k.startswith("kid."))
+    files = artifact_files(client, run.info.run_id)
+    for folder in ("kid_evaluation/", "client_adaptation/", "reporting/"):
+        assert any(f.startswith(folder) for f in files), (folder, sorted(files))
+    assert {"kid_evaluation/kid_table.csv", "client_adaptation/adaptation_table.csv",
+            "reporting/claims.csv", "reporting/report.md"} <= files
+
+
+def test_registry_lists_every_pipeline(main_run, kedro_cli) -> None:
+    project, _ = main_run
+    result = kedro_cli(project, "registry", "list", timeout=120)
+    listed = {line.strip().removeprefix("- ") for line in result.stdout.splitlines()}
+    assert PIPELINES <= listed, result.tail()
+
+
+# ----------------------------------------------------------------------------- robustness sweep
+
+
+def test_robustness_sweep_after_the_main_job(sweep_run, clients) -> None:
+    project, result = sweep_run
+    assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
+    params = quick("robustness_sweep")
+    table = pd.read_csv(versioned(project, "data/07_model_output/sweep_table.csv"))
+    cells = {(m, c, lr, e) for m, c, lr, e in
+             zip(table["method"], table["client"], table["lr"], table["epochs"])}
+    _, unseen = clients
+    expected = {(m, c, lr, e) for m in params["methods"] for c in unseen[: params["clients"]]
+                for lr in params["learning_rates"] for e in params["epochs"]}
+    assert cells == expected and len(table) == len(expected)
+    assert np.isfinite(table["kid_mean"].to_numpy(float)).all()
+    assert (table["n_generated"] == params["num_generated"]).all()
+    summary = pd.read_csv(versioned(project, "data/08_reporting/sweep_summary.csv"))
+    assert set(summary["method"]) == set(params["methods"])
+    assert {"kid_median", "kid_best", "kid_worst", "spread"} <= set(summary.columns)
+    heatmaps = project / "data/08_reporting/sweep_heatmaps"
+    pngs = sorted((heatmaps / one_version(heatmaps)).iterdir())
+    assert [p.name for p in pngs] == sorted(f"{m}.png" for m in params["methods"])
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+    _, run = mlflow_run(project, "robustness_sweep")
+    assert run.info.status == "FINISHED"
+    assert any(k.startswith("sweep.") for k in run.data.metrics)

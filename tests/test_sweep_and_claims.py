@@ -1,0 +1,228 @@
+"""The robustness sweep's jobs and summary (``spire_pipeline.spire.sweep``) and the claims check
+and markdown tables of the report (``spire_pipeline.spire.claims``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import spire_pipeline.spire.sweep as sweep_mod
+from spire_pipeline.spire.adaptation import adapt
+from spire_pipeline.spire.claims import MATCH_FACTOR, check_claims, markdown_table
+from spire_pipeline.spire.config import AdaptationConfig, PretrainingConfig, SweepConfig
+from spire_pipeline.spire.federated import ClientData, pretrain
+from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary
+
+SIZE = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One CPU thread (fast on a shared 2-core machine, and bitwise reproducible)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    cfg = PretrainingConfig.model_validate(dict(
+        backbone=dict(block_out_channels=[8, 16], norm_num_groups=4, image_size=SIZE),
+        diffusion=dict(num_train_timesteps=100, sampler_steps=2),
+        rounds=1, client_fraction=1.0, min_clients=1, local=dict(steps=1, batch_size=4),
+    ))
+    seen = [ClientData(f"seen_{k:02d}", images(8, k)) for k in range(2)]
+    return {m: pretrain(m, cfg, seen, progress=False)[0] for m in ("spire", "fedavg")}
+
+
+# ----------------------------------------------------------------------------- sweep_jobs
+
+
+def test_sweep_jobs_one_per_cell_one_adaptation_per_lr(pretrained, monkeypatch) -> None:
+    clients = [ClientData("unseen_00", images(10, 10)), ClientData("unseen_01", images(4, 11))]
+    sweep = SweepConfig(methods=["spire", "bitfit"], learning_rates=[1e-3, 1e-2], epochs=[1, 2])
+    adaptation = AdaptationConfig.model_validate({"local": {"steps": 50, "batch_size": 4}})
+    calls = []
+
+    def spy(method, pre, client, cfg, local=None, snapshot_steps=()):
+        calls.append((method, client.client, local, list(snapshot_steps)))
+        return adapt(method, pre, client, cfg, local=local, snapshot_steps=snapshot_steps)
+
+    monkeypatch.setattr(sweep_mod, "adapt", spy)
+    jobs = sweep_jobs(pretrained, clients, sweep, adaptation)
+
+    per_epoch = {c.client: math.ceil(c.num_samples / 4) for c in clients}  # 3 and 1
+    # one adaptation per (method, client, lr), run to the largest epoch count
+    assert len(calls) == 2 * 2 * 2
+    for method, client, local, snaps in calls:
+        assert local.steps == 2 * per_epoch[client] and local.epochs is None
+        assert local.lr == local.embedding_lr in sweep.learning_rates
+        assert local.batch_size == 4
+        assert snaps == [per_epoch[client], 2 * per_epoch[client]]
+    # one job per (method, client, lr, epochs)
+    cells = {(j.method, j.client, j.extra["lr"], j.extra["epochs"]) for j in jobs}
+    assert len(jobs) == len(cells) == 2 * 2 * 2 * 2
+    for j in jobs:
+        lr, epochs = j.extra["lr"], j.extra["epochs"]
+        assert j.phase == "sweep" and j.role == "unseen"
+        assert j.extra["steps"] == epochs * per_epoch[j.client]
+        assert j.source == f"sweep/{j.method}/{j.client}/{lr:g}/{epochs}"
+        assert j.condition == (j.client if j.method == "spire" else None)
+        assert np.isfinite(j.extra["final_loss"])
+        assert j.bundle.info["steps"] == j.extra["steps"]
+    assert len({j.sample_key for j in jobs}) == len(jobs)
+
+    # a cell is exactly a run of that many epochs at that learning rate
+    for method in ("spire", "bitfit"):
+        (cell,) = [j for j in jobs if j.method == method and j.client == "unseen_00"
+                   and j.extra["lr"] == 1e-2 and j.extra["epochs"] == 1]
+        local = adaptation.local.model_copy(update={"steps": 3, "lr": 1e-2, "embedding_lr": 1e-2})
+        ref = adapt(method, pretrained, clients[0], adaptation, local=local).bundle.to_tensors()[0]
+        got = cell.bundle.to_tensors()[0]
+        assert set(got) == set(ref)
+        assert all(torch.equal(got[k], ref[k]) for k in ref), method
+        model, emb = cell.build()
+        assert (emb is not None) == (method == "spire")
+
+
+# ----------------------------------------------------------------------------- sweep_summary
+
+
+def sweep_table() -> pd.DataFrame:
+    cells = {  # (method, lr, epochs): KID per client
+        ("spire", 1e-3, 1): [0.10, 0.20], ("spire", 1e-3, 2): [0.12, 0.14],
+        ("spire", 1e-2, 1): [0.20, 0.30], ("spire", 1e-2, 2): [0.18, 0.22],
+        ("bitfit", 1e-3, 1): [1.0, 1.2], ("bitfit", 1e-3, 2): [0.8, 1.0],
+        ("bitfit", 1e-2, 1): [0.5, 0.7], ("bitfit", 1e-2, 2): [2.0, 4.0],
+    }
+    return pd.DataFrame([
+        {"method": m, "lr": lr, "epochs": e, "client": f"unseen_{k:02d}", "kid_mean": v}
+        for (m, lr, e), values in cells.items() for k, v in enumerate(values)
+    ])
+
+
+def test_sweep_summary() -> None:
+    s = sweep_summary(sweep_table())
+    assert list(s["method"]) == ["spire", "bitfit"]  # by median KID
+    s = s.set_index("method")
+    # spire's cell medians: 0.15, 0.13, 0.25, 0.20
+    assert s.loc["spire", "kid_median"] == pytest.approx(0.175)
+    assert s.loc["spire", "kid_best"] == pytest.approx(0.13)
+    assert s.loc["spire", "kid_worst"] == pytest.approx(0.25)
+    assert s.loc["spire", "spread"] == pytest.approx(0.25 / 0.13)
+    assert (s.loc["spire", "best_lr"], s.loc["spire", "best_epochs"]) == (1e-3, 2)
+    # bitfit's: 1.1, 0.9, 0.6, 3.0
+    assert s.loc["bitfit", "kid_median"] == pytest.approx(1.0)
+    assert s.loc["bitfit", "kid_best"] == pytest.approx(0.6)
+    assert s.loc["bitfit", "kid_worst"] == pytest.approx(3.0)
+    assert s.loc["bitfit", "spread"] == pytest.approx(5.0)
+    assert (s.loc["bitfit", "best_lr"], s.loc["bitfit", "best_epochs"]) == (1e-2, 1)
+
+
+# ----------------------------------------------------------------------------- check_claims
+
+
+def summary(spire: float, fedavg: float = 0.10, centralized: float = 0.01) -> pd.DataFrame:
+    rows = [("spire", spire), ("fedavg", fedavg), ("fedper", 0.2), ("centralized", centralized)]
+    out = [{"phase": "pretrained", "role": "seen", "method": m, "kid_median": v}
+           for m, v in rows]
+    out.append({"phase": "pretrained", "role": "unseen", "method": "fedavg", "kid_median": 0.0})
+    return pd.DataFrame(out)
+
+
+def unseen(spire: float, lora: float = 0.4) -> pd.DataFrame:
+    return pd.DataFrame({"method": ["spire", "bitfit", "lora"],
+                         "kid_median": [spire, 0.5, lora], "trained_params": [32, 500, 900]})
+
+
+def forgetting(difference: float, worst: float) -> pd.DataFrame:
+    return pd.DataFrame({"method": ["spire", "bitfit"], "difference": [difference, 0.2],
+                         "worst_difference": [worst, 0.4]})
+
+
+def slopes(dim=(0.01, -0.05, 0.07), n=(-0.5, -0.6, -0.4)) -> pd.DataFrame:
+    rows = [("dim", "err_ddpm_true", *dim), ("n", "err_ddpm_true", *n),
+            ("dim", "err_mle_true", 5.0, 4.0, 6.0), ("n", "err_mle_true", 5.0, 4.0, 6.0)]
+    return pd.DataFrame(rows, columns=["axis", "error", "slope", "ci_low", "ci_high"])
+
+
+def holds(claims: pd.DataFrame) -> dict[str, bool]:
+    return {c.split(".")[0]: h for c, h in zip(claims["claim"], claims["holds"])}
+
+
+def test_all_claims_hold() -> None:
+    claims = check_claims(summary(0.105), unseen(0.3), forgetting(0.0, 0.0), slopes())
+    assert list(claims.columns) == ["claim", "measured", "holds"]
+    assert holds(claims) == {"1": True, "2": True, "3": True, "5": True}
+    assert all(isinstance(h, bool) for h in claims["holds"])
+    measured = dict(zip(holds(claims), claims["measured"]))
+    assert measured["1"] == "spire 0.105 vs best baseline fedavg 0.1"
+    assert measured["2"] == "spire 0.3 (32 params) vs bitfit 0.5, lora 0.4"
+    assert measured["3"] == "spire +0 vs bitfit +0.2"
+    assert "+0.010" in measured["5"] and "-0.500" in measured["5"]
+
+
+@pytest.mark.parametrize(
+    ("args", "claim"),
+    [
+        # 1: worse than the best federated baseline by more than MATCH_FACTOR (centralized,
+        # the upper reference, is not a baseline to beat)
+        (dict(kid_summary=summary(0.10 * MATCH_FACTOR * 1.01)), "1"),
+        # 2: a baseline as good as spire on unseen clients
+        (dict(unseen=unseen(0.4, lora=0.4)), "2"),
+        (dict(unseen=unseen(0.45, lora=0.4)), "2"),
+        # 3: the median change is 0 but one seen client got worse
+        (dict(forgetting=forgetting(0.0, 0.01)), "3"),
+        # 5: error grows with the dimension / does not fall as n^-1/2
+        (dict(gmm_slopes=slopes(dim=(0.15, 0.1, 0.2))), "5"),
+        (dict(gmm_slopes=slopes(n=(-0.3, -0.45, -0.2))), "5"),
+    ],
+)
+def test_each_claim_can_fail(args, claim) -> None:
+    tables = dict(kid_summary=summary(0.105), unseen=unseen(0.3),
+                  forgetting=forgetting(0.0, 0.0), gmm_slopes=slopes())
+    tables.update(args)
+    result = holds(check_claims(**tables))
+    assert result == {c: c != claim for c in ("1", "2", "3", "5")}
+
+
+def test_claim_1_at_the_match_factor_boundary() -> None:
+    at = check_claims(summary(0.10 * MATCH_FACTOR), unseen(0.3), forgetting(0, 0), slopes())
+    assert holds(at)["1"] is True
+    better = check_claims(summary(0.05), unseen(0.3), forgetting(0, 0), slopes())
+    assert holds(better)["1"] is True
+
+
+def test_claims_without_their_tables_are_left_out() -> None:
+    empty = pd.DataFrame()
+    claims = check_claims(summary(0.1), empty, empty, empty)
+    assert list(holds(claims)) == ["1"]
+    none = check_claims(summary(0.1)[lambda d: d["method"] != "spire"], unseen(0.3).iloc[1:],
+                        forgetting(0, 0).iloc[1:], empty)
+    assert none.empty and list(none.columns) == ["claim", "measured", "holds"]
+
+
+# ----------------------------------------------------------------------------- markdown_table
+
+
+def test_markdown_table() -> None:
+    df = pd.DataFrame({"method": ["spire", "a|b"], "kid": [0.123456, 2.0], "params": [32, 5],
+                       "holds": [True, False]})
+    assert markdown_table(df) == (
+        "| method | kid | params | holds |\n"
+        "|---|---|---|---|\n"
+        "| spire | 0.1235 | 32 | True |\n"
+        "| a\\|b | 2 | 5 | False |"
+    )
+    assert markdown_table(df[["kid"]], floatfmt="{:.2f}") == "| kid |\n|---|\n| 0.12 |\n| 2.00 |"
+    assert markdown_table(pd.DataFrame({"x": [float("nan")]})) == "| x |\n|---|\n| nan |"
+    assert markdown_table(df.iloc[:0]) == "| method | kid | params | holds |\n|---|---|---|---|"
