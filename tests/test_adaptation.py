@@ -244,8 +244,9 @@ def test_everything_not_trained_is_the_base_model_bit_for_bit(method, adapted, p
     else:
         assert emb is None
     if method not in ("scratch", "spire"):  # training moved what it trained
-        assert any(not torch.equal(stored[n], base.get(n, torch.zeros_like(stored[n])))
-                   for n in stored)
+        assert any(
+            not torch.equal(stored[n], base.get(n, torch.zeros_like(stored[n]))) for n in stored
+        )
 
 
 def test_spire_backbone_unchanged(adapted, pretrained) -> None:
@@ -328,8 +329,12 @@ def bundle_tensors(b: ModelBundle) -> dict[str, torch.Tensor]:
 def test_snapshot_equals_a_separate_shorter_run(method, pretrained, unseen) -> None:
     cfg = adaptation_cfg()
     long = adapt(
-        method, pretrained, unseen, cfg,
-        local=cfg.local.model_copy(update={"steps": 3}), snapshot_steps=[1, 3],
+        method,
+        pretrained,
+        unseen,
+        cfg,
+        local=cfg.local.model_copy(update={"steps": 3}),
+        snapshot_steps=[1, 3],
     )
     assert sorted(long.snapshots) == [1, 3]
     short = adapt(method, pretrained, unseen, cfg, local=cfg.local.model_copy(update={"steps": 1}))
@@ -364,8 +369,11 @@ def test_same_seed_same_adaptation_bitwise(pretrained, unseen) -> None:
 @pytest.mark.parametrize("method", ["full_finetune", "lora", "bitfit", "head"])
 def test_missing_fedavg_model_names_the_method_to_add(method, pretrained, unseen) -> None:
     only_spire = {"spire": pretrained["spire"]}
-    with pytest.raises(KeyError, match=r"needs the pretrained 'fedavg' model.*add 'fedavg' to "
-                                       r"federated_pretraining\.methods"):
+    with pytest.raises(
+        KeyError,
+        match=r"needs the pretrained 'fedavg' model.*add 'fedavg' to "
+        r"federated_pretraining\.methods",
+    ):
         adapt(method, only_spire, unseen, adaptation_cfg())
 
 
@@ -375,8 +383,12 @@ def test_missing_spire_model_names_the_method_to_add(pretrained, unseen) -> None
 
 
 def test_scratch_needs_no_base_model(pretrained, unseen) -> None:
-    a = adapt("scratch", {"spire": pretrained["spire"]}, unseen,
-              adaptation_cfg(local=dict(steps=1, batch_size=4)))
+    a = adapt(
+        "scratch",
+        {"spire": pretrained["spire"]},
+        unseen,
+        adaptation_cfg(local=dict(steps=1, batch_size=4)),
+    )
     assert a.bundle.info["base"] is None and a.trained_params == count_all()
 
 

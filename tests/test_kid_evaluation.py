@@ -48,7 +48,14 @@ SEEN = ["seen_00", "seen_01"]
 UNSEEN = ["unseen_00", "unseen_01"]
 ROLES = {**{c: "seen" for c in SEEN}, **{c: "unseen" for c in UNSEEN}}
 COLUMNS = [
-    "client", "role", "method", "phase", "kid_mean", "kid_std", "n_generated", "n_real",
+    "client",
+    "role",
+    "method",
+    "phase",
+    "kid_mean",
+    "kid_std",
+    "n_generated",
+    "n_real",
     "extractor",
 ]
 
@@ -67,8 +74,9 @@ def _one_thread():
 
 def fake_bundle(method: str, **personal) -> ModelBundle:
     """A bundle with placeholder tensors: enough for job planning, never built."""
-    return ModelBundle(method, BackboneConfig(), DiffusionConfig(),
-                       backbone={"w": torch.zeros(2)}, **personal)
+    return ModelBundle(
+        method, BackboneConfig(), DiffusionConfig(), backbone={"w": torch.zeros(2)}, **personal
+    )
 
 
 def per_seen(value) -> dict:
@@ -87,8 +95,9 @@ def fake_pretrained() -> dict[str, ModelBundle]:
 
 
 def rows(jobs) -> set[tuple]:
-    return {(j.client, j.role, j.method, j.phase, j.source, j.condition, j.adapted_to)
-            for j in jobs}
+    return {
+        (j.client, j.role, j.method, j.phase, j.source, j.condition, j.adapted_to) for j in jobs
+    }
 
 
 def test_personal_and_shared_sets() -> None:
@@ -100,7 +109,8 @@ def test_pretrained_jobs(fake_pretrained) -> None:
     jobs = pretrained_jobs(fake_pretrained, ROLES)
     expected = {
         (c, "seen", m, "pretrained", f"pretrained/{m}", c, "")
-        for m in ("spire", "centralized", "fedper", "local") for c in SEEN
+        for m in ("spire", "centralized", "fedper", "local")
+        for c in SEEN
     } | {  # the unconditional model, for every client, seen or not
         (c, ROLES[c], "fedavg", "pretrained", "pretrained/fedavg", None, "") for c in ROLES
     }
@@ -125,23 +135,28 @@ def test_adapted_jobs(fake_pretrained) -> None:
     jobs = adapted_jobs(adapted_fakes(fake_pretrained), fake_pretrained, ROLES)
     adapted = {
         (u, "unseen", m, "adapted", f"adapted/{m}/{u}", u if m == "spire" else None, "")
-        for m in ADAPTATION_METHODS for u in UNSEEN
+        for m in ADAPTATION_METHODS
+        for u in UNSEEN
     }
     after_shared = {  # the adapted shared weights, on every seen client, unconditioned
         (s, "seen", m, "after_adaptation", f"adapted/{m}/{u}", None, u)
-        for m in SHARED_WEIGHTS for u in UNSEEN for s in SEEN
+        for m in SHARED_WEIGHTS
+        for u in UNSEEN
+        for s in SEEN
     }
     after_spire = {  # the pretrained spire backbone with each seen client's own embedding
         (s, "seen", "spire", "after_adaptation", "pretrained/spire", s, u)
-        for u in UNSEEN for s in SEEN
+        for u in UNSEEN
+        for s in SEEN
     }
     assert rows(jobs) == adapted | after_shared | after_spire
     assert len(jobs) == len(adapted | after_shared | after_spire)
     assert not any(j.method == "scratch" and j.phase == "after_adaptation" for j in jobs)
     # spire's after-adaptation jobs are the pretrained spire jobs' sample sets
     pre = {j.sample_key for j in pretrained_jobs(fake_pretrained, ROLES) if j.method == "spire"}
-    assert {j.sample_key for j in jobs if j.method == "spire"
-            and j.phase == "after_adaptation"} == pre
+    assert {
+        j.sample_key for j in jobs if j.method == "spire" and j.phase == "after_adaptation"
+    } == pre
 
 
 def test_adapted_spire_with_another_backbone_is_refused(fake_pretrained) -> None:
@@ -159,16 +174,22 @@ def tiny_models() -> tuple[dict[str, ModelBundle], dict[str, ModelBundle], dict[
     """Tiny pretrained spire and fedavg bundles, spire and bitfit adapted to one unseen client."""
     g = torch.Generator().manual_seed(0)
     seen = [ClientData(c, torch.rand(8, 1, SIZE, SIZE, generator=g) * 2 - 1) for c in SEEN]
-    cfg = PretrainingConfig.model_validate(dict(
-        backbone=dict(block_out_channels=[8, 16], norm_num_groups=4, image_size=SIZE),
-        diffusion=dict(num_train_timesteps=100, sampler_steps=2),
-        rounds=1, client_fraction=1.0, min_clients=1, local=dict(steps=1, batch_size=4),
-    ))
+    cfg = PretrainingConfig.model_validate(
+        dict(
+            backbone=dict(block_out_channels=[8, 16], norm_num_groups=4, image_size=SIZE),
+            diffusion=dict(num_train_timesteps=100, sampler_steps=2),
+            rounds=1,
+            client_fraction=1.0,
+            min_clients=1,
+            local=dict(steps=1, batch_size=4),
+        )
+    )
     pretrained = {m: pretrain(m, cfg, seen, progress=False)[0] for m in ("spire", "fedavg")}
     unseen = ClientData("unseen_00", torch.rand(8, 1, SIZE, SIZE, generator=g) * 2 - 1)
     acfg = AdaptationConfig.model_validate({"local": {"steps": 1, "batch_size": 4}})
-    adapted = {f"{m}__unseen_00": adapt(m, pretrained, unseen, acfg).bundle
-               for m in ("spire", "bitfit")}
+    adapted = {
+        f"{m}__unseen_00": adapt(m, pretrained, unseen, acfg).bundle for m in ("spire", "bitfit")
+    }
     roles = {**{c: "seen" for c in SEEN}, "unseen_00": "unseen"}
     return pretrained, adapted, roles
 
@@ -188,8 +209,15 @@ def real_feats(clients) -> dict[str, np.ndarray]:
     return {c: pooled_features(fake_images(12, k)) for k, c in enumerate(sorted(clients))}
 
 
-KID_CFG = KIDConfig(num_generated=10, num_subsets=5, max_subset_size=6, sampler_steps=2,
-                    grid_samples=3, batch_size=10, cache_dir=None)
+KID_CFG = KIDConfig(
+    num_generated=10,
+    num_subsets=5,
+    max_subset_size=6,
+    sampler_steps=2,
+    grid_samples=3,
+    batch_size=10,
+    cache_dir=None,
+)
 
 
 def test_shared_sample_sets_are_generated_once(tiny_models, monkeypatch) -> None:
@@ -203,8 +231,9 @@ def test_shared_sample_sets_are_generated_once(tiny_models, monkeypatch) -> None
     monkeypatch.setattr(evaluation_mod, "generate_from", counting_generate)
     jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(adapted, pretrained, roles)
     keys = {j.sample_key for j in jobs}
-    table, grids = evaluate(jobs, real_feats(roles), pooled_features, "pool4x4", KID_CFG,
-                            progress=False)
+    table, grids = evaluate(
+        jobs, real_feats(roles), pooled_features, "pool4x4", KID_CFG, progress=False
+    )
     assert len(calls) == len(keys) < len(jobs)
     # noise seeds depend only on the condition: unconditional models share theirs
     assert {s for _, s in calls} == {
@@ -226,8 +255,9 @@ def test_shared_sample_sets_are_generated_once(tiny_models, monkeypatch) -> None
     after = spire[spire["phase"] == "after_adaptation"][key].set_index("client")
     pd.testing.assert_frame_equal(after.loc[before.index], before)
     # sample grids for every (client, method, phase) but after_adaptation
-    assert set(grids) == {(j.client, j.method, j.phase) for j in jobs
-                          if j.phase != "after_adaptation"}
+    assert set(grids) == {
+        (j.client, j.method, j.phase) for j in jobs if j.phase != "after_adaptation"
+    }
     assert all(g.shape == (KID_CFG.grid_samples, SIZE, SIZE) for g in grids.values())
 
 
@@ -255,8 +285,18 @@ def long_table() -> pd.DataFrame:
     r = []
 
     def add(client, role, method, phase, value, adapted_to=""):
-        r.append(dict(client=client, role=role, method=method, phase=phase, kid_mean=value,
-                      kid_std=0.01, adapted_to=adapted_to, extractor="ext_64px"))
+        r.append(
+            dict(
+                client=client,
+                role=role,
+                method=method,
+                phase=phase,
+                kid_mean=value,
+                kid_std=0.01,
+                adapted_to=adapted_to,
+                extractor="ext_64px",
+            )
+        )
 
     for c, s, f in (("seen_00", 0.10, 0.30), ("seen_01", 0.20, 0.50)):
         add(c, "seen", "spire", "pretrained", s)
@@ -268,8 +308,12 @@ def long_table() -> pd.DataFrame:
         add(u, "unseen", "bitfit", "adapted", 0.8 if u == "unseen_00" else 0.6)
         add("seen_00", "seen", "spire", "after_adaptation", 0.10, u)  # = before, exactly
         add("seen_01", "seen", "spire", "after_adaptation", 0.20, u)
-    bitfit_after = {("unseen_00", "seen_00"): 0.35, ("unseen_00", "seen_01"): 0.70,
-                    ("unseen_01", "seen_00"): 0.30, ("unseen_01", "seen_01"): 0.60}
+    bitfit_after = {
+        ("unseen_00", "seen_00"): 0.35,
+        ("unseen_00", "seen_01"): 0.70,
+        ("unseen_01", "seen_00"): 0.30,
+        ("unseen_01", "seen_01"): 0.60,
+    }
     for (u, s), v in bitfit_after.items():
         add(s, "seen", "bitfit", "after_adaptation", v, u)
     return pd.DataFrame(r)
@@ -364,16 +408,27 @@ def test_kid_separates_real_clients_of_the_partition(fashion_mnist) -> None:
     """KID issue, "done when", on clients made by ``partition()`` from real Fashion-MNIST:
     two halves of one client's test split are within two standard deviations of zero; a
     client with disjoint classes is far larger; noise larger still."""
-    cfg = PartitionConfig(scheme="shards", classes_per_client=2, num_seen_clients=5,
-                          num_unseen_clients=0, seen_client_size=400, test_fraction=0.5,
-                          min_test_size=200, seed=0)
-    splits = {s.client: s for s in partition(fashion_mnist.test_images,
-                                             fashion_mnist.test_labels, cfg)}
+    cfg = PartitionConfig(
+        scheme="shards",
+        classes_per_client=2,
+        num_seen_clients=5,
+        num_unseen_clients=0,
+        seen_client_size=400,
+        test_fraction=0.5,
+        min_test_size=200,
+        seed=0,
+    )
+    splits = {
+        s.client: s for s in partition(fashion_mnist.test_images, fashion_mnist.test_labels, cfg)
+    }
     a = splits["seen_00"]
     classes_a = set(np.unique(a.test_labels).tolist())
     assert len(classes_a) == 2
-    other = next(s for c, s in sorted(splits.items())
-                 if c != a.client and not classes_a & set(np.unique(s.test_labels).tolist()))
+    other = next(
+        s
+        for c, s in sorted(splits.items())
+        if c != a.client and not classes_a & set(np.unique(s.test_labels).tolist())
+    )
     assert len(a.test_images) == 200 and len(other.test_images) == 200
     noise = np.random.default_rng(0).integers(0, 256, size=(100, 28, 28), dtype=np.uint8)
     extractor = build_feature_extractor("efficientnet_lite0", image_size=64, batch_size=100)
@@ -384,9 +439,11 @@ def test_kid_separates_real_clients_of_the_partition(fashion_mnist) -> None:
     same_mean, same_std = kid(half_a, half_b, **kw)
     other_mean, _ = kid(half_a, f_other, **kw)
     noise_mean, _ = kid(half_a, f_noise, **kw)
-    print(f"\nKID {a.client} {sorted(classes_a)} halves {same_mean:.4f} +- {same_std:.4f}; "
-          f"vs {other.client} {sorted(set(other.test_labels.tolist()))} {other_mean:.4f}; "
-          f"vs noise {noise_mean:.4f}")
+    print(
+        f"\nKID {a.client} {sorted(classes_a)} halves {same_mean:.4f} +- {same_std:.4f}; "
+        f"vs {other.client} {sorted(set(other.test_labels.tolist()))} {other_mean:.4f}; "
+        f"vs noise {noise_mean:.4f}"
+    )
     assert same_std > 0
     assert abs(same_mean) < 2 * same_std
     assert other_mean > same_mean + 10 * same_std

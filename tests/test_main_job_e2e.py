@@ -23,8 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: every pipeline DESIGN names
 PIPELINES = {
-    "data_partitioning", "federated_pretraining", "client_adaptation", "kid_evaluation",
-    "robustness_sweep", "gmm_theory", "reporting", "__default__",
+    "data_partitioning",
+    "federated_pretraining",
+    "client_adaptation",
+    "kid_evaluation",
+    "robustness_sweep",
+    "gmm_theory",
+    "reporting",
+    "__default__",
 }
 MAIN_TIMEOUT_S = 600
 SWEEP_TIMEOUT_S = 300
@@ -57,8 +63,9 @@ def sweep_run(main_run, run_kedro):
     """The quick robustness sweep, in the same copy, after the main job."""
     project, _ = main_run
     start = time.perf_counter()
-    result = run_kedro(project, "--env", "quick", "--pipeline", "robustness_sweep",
-                       timeout=SWEEP_TIMEOUT_S)
+    result = run_kedro(
+        project, "--env", "quick", "--pipeline", "robustness_sweep", timeout=SWEEP_TIMEOUT_S
+    )
     seconds = time.perf_counter() - start
     print(f"\n[timing] kedro run --env quick --pipeline robustness_sweep: {seconds:.1f} s")
     return project, result
@@ -108,8 +115,17 @@ def test_kid_table(main_run, clients) -> None:
     project, _ = main_run
     seen, unseen = clients
     table = pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))
-    columns = {"client", "role", "method", "phase", "kid_mean", "kid_std", "n_generated",
-               "n_real", "extractor"}
+    columns = {
+        "client",
+        "role",
+        "method",
+        "phase",
+        "kid_mean",
+        "kid_std",
+        "n_generated",
+        "n_real",
+        "extractor",
+    }
     assert columns <= set(table.columns)
     assert set(table["client"]) == set(seen + unseen)
     assert set(table["phase"]) == {"pretrained", "adapted", "after_adaptation"}
@@ -165,10 +181,14 @@ def test_reporting_tables(main_run, clients) -> None:
     versions = {
         one_version(project / rel)
         for rel in (
-            "data/08_reporting/kid_table.csv", "data/08_reporting/unseen_client_table.csv",
-            "data/08_reporting/forgetting_table.csv", "data/08_reporting/claims.csv",
-            "data/08_reporting/report.md", "data/07_model_output/adaptation_table.csv",
-            "data/06_models/pretrained", "data/06_models/adapted",
+            "data/08_reporting/kid_table.csv",
+            "data/08_reporting/unseen_client_table.csv",
+            "data/08_reporting/forgetting_table.csv",
+            "data/08_reporting/claims.csv",
+            "data/08_reporting/report.md",
+            "data/07_model_output/adaptation_table.csv",
+            "data/06_models/pretrained",
+            "data/06_models/adapted",
         )
     }
     assert len(versions) == 1, versions
@@ -178,19 +198,29 @@ def test_mlflow_metrics_and_artifacts(main_run) -> None:
     project, _ = main_run
     client, run = mlflow_run(project, "__default__")
     assert run.info.status == "FINISHED"
-    (extractor,) = set(pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))[
-        "extractor"
-    ])
+    (extractor,) = set(
+        pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))["extractor"]
+    )
     metrics = run.data.metrics
-    for prefix in (f"kid.{extractor}.", "adaptation.", "pretraining.", "partition.",
-                   "gmm_theory.", "reporting."):
+    for prefix in (
+        f"kid.{extractor}.",
+        "adaptation.",
+        "pretraining.",
+        "partition.",
+        "gmm_theory.",
+        "reporting.",
+    ):
         assert any(k.startswith(prefix) for k in metrics), (prefix, sorted(metrics)[:20])
     assert all(np.isfinite(v) for k, v in metrics.items() if k.startswith("kid."))
     files = artifact_files(client, run.info.run_id)
     for folder in ("kid_evaluation/", "client_adaptation/", "reporting/"):
         assert any(f.startswith(folder) for f in files), (folder, sorted(files))
-    assert {"kid_evaluation/kid_table.csv", "client_adaptation/adaptation_table.csv",
-            "reporting/claims.csv", "reporting/report.md"} <= files
+    assert {
+        "kid_evaluation/kid_table.csv",
+        "client_adaptation/adaptation_table.csv",
+        "reporting/claims.csv",
+        "reporting/report.md",
+    } <= files
 
 
 def test_registry_lists_every_pipeline(main_run, kedro_cli) -> None:
@@ -208,11 +238,18 @@ def test_robustness_sweep_after_the_main_job(sweep_run, clients) -> None:
     assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
     params = quick("robustness_sweep")
     table = pd.read_csv(versioned(project, "data/07_model_output/sweep_table.csv"))
-    cells = {(m, c, lr, e) for m, c, lr, e in
-             zip(table["method"], table["client"], table["lr"], table["epochs"])}
+    cells = {
+        (m, c, lr, e)
+        for m, c, lr, e in zip(table["method"], table["client"], table["lr"], table["epochs"])
+    }
     _, unseen = clients
-    expected = {(m, c, lr, e) for m in params["methods"] for c in unseen[: params["clients"]]
-                for lr in params["learning_rates"] for e in params["epochs"]}
+    expected = {
+        (m, c, lr, e)
+        for m in params["methods"]
+        for c in unseen[: params["clients"]]
+        for lr in params["learning_rates"]
+        for e in params["epochs"]
+    }
     assert cells == expected and len(table) == len(expected)
     assert np.isfinite(table["kid_mean"].to_numpy(float)).all()
     assert (table["n_generated"] == params["num_generated"]).all()

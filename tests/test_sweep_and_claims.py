@@ -35,11 +35,16 @@ def images(n: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def pretrained():
-    cfg = PretrainingConfig.model_validate(dict(
-        backbone=dict(block_out_channels=[8, 16], norm_num_groups=4, image_size=SIZE),
-        diffusion=dict(num_train_timesteps=100, sampler_steps=2),
-        rounds=1, client_fraction=1.0, min_clients=1, local=dict(steps=1, batch_size=4),
-    ))
+    cfg = PretrainingConfig.model_validate(
+        dict(
+            backbone=dict(block_out_channels=[8, 16], norm_num_groups=4, image_size=SIZE),
+            diffusion=dict(num_train_timesteps=100, sampler_steps=2),
+            rounds=1,
+            client_fraction=1.0,
+            min_clients=1,
+            local=dict(steps=1, batch_size=4),
+        )
+    )
     seen = [ClientData(f"seen_{k:02d}", images(8, k)) for k in range(2)]
     return {m: pretrain(m, cfg, seen, progress=False)[0] for m in ("spire", "fedavg")}
 
@@ -63,7 +68,7 @@ def test_sweep_jobs_one_per_cell_one_adaptation_per_lr(pretrained, monkeypatch) 
     per_epoch = {c.client: math.ceil(c.num_samples / 4) for c in clients}  # 3 and 1
     # one adaptation per (method, client, lr), run to the largest epoch count
     assert len(calls) == 2 * 2 * 2
-    for method, client, local, snaps in calls:
+    for _method, client, local, snaps in calls:
         assert local.steps == 2 * per_epoch[client] and local.epochs is None
         assert local.lr == local.embedding_lr in sweep.learning_rates
         assert local.batch_size == 4
@@ -83,8 +88,14 @@ def test_sweep_jobs_one_per_cell_one_adaptation_per_lr(pretrained, monkeypatch) 
 
     # a cell is exactly a run of that many epochs at that learning rate
     for method in ("spire", "bitfit"):
-        (cell,) = [j for j in jobs if j.method == method and j.client == "unseen_00"
-                   and j.extra["lr"] == 1e-2 and j.extra["epochs"] == 1]
+        (cell,) = [
+            j
+            for j in jobs
+            if j.method == method
+            and j.client == "unseen_00"
+            and j.extra["lr"] == 1e-2
+            and j.extra["epochs"] == 1
+        ]
         local = adaptation.local.model_copy(update={"steps": 3, "lr": 1e-2, "embedding_lr": 1e-2})
         ref = adapt(method, pretrained, clients[0], adaptation, local=local).bundle.to_tensors()[0]
         got = cell.bundle.to_tensors()[0]
@@ -99,15 +110,22 @@ def test_sweep_jobs_one_per_cell_one_adaptation_per_lr(pretrained, monkeypatch) 
 
 def sweep_table() -> pd.DataFrame:
     cells = {  # (method, lr, epochs): KID per client
-        ("spire", 1e-3, 1): [0.10, 0.20], ("spire", 1e-3, 2): [0.12, 0.14],
-        ("spire", 1e-2, 1): [0.20, 0.30], ("spire", 1e-2, 2): [0.18, 0.22],
-        ("bitfit", 1e-3, 1): [1.0, 1.2], ("bitfit", 1e-3, 2): [0.8, 1.0],
-        ("bitfit", 1e-2, 1): [0.5, 0.7], ("bitfit", 1e-2, 2): [2.0, 4.0],
+        ("spire", 1e-3, 1): [0.10, 0.20],
+        ("spire", 1e-3, 2): [0.12, 0.14],
+        ("spire", 1e-2, 1): [0.20, 0.30],
+        ("spire", 1e-2, 2): [0.18, 0.22],
+        ("bitfit", 1e-3, 1): [1.0, 1.2],
+        ("bitfit", 1e-3, 2): [0.8, 1.0],
+        ("bitfit", 1e-2, 1): [0.5, 0.7],
+        ("bitfit", 1e-2, 2): [2.0, 4.0],
     }
-    return pd.DataFrame([
-        {"method": m, "lr": lr, "epochs": e, "client": f"unseen_{k:02d}", "kid_mean": v}
-        for (m, lr, e), values in cells.items() for k, v in enumerate(values)
-    ])
+    return pd.DataFrame(
+        [
+            {"method": m, "lr": lr, "epochs": e, "client": f"unseen_{k:02d}", "kid_mean": v}
+            for (m, lr, e), values in cells.items()
+            for k, v in enumerate(values)
+        ]
+    )
 
 
 def test_sweep_summary() -> None:
@@ -133,25 +151,38 @@ def test_sweep_summary() -> None:
 
 def summary(spire: float, fedavg: float = 0.10, centralized: float = 0.01) -> pd.DataFrame:
     rows = [("spire", spire), ("fedavg", fedavg), ("fedper", 0.2), ("centralized", centralized)]
-    out = [{"phase": "pretrained", "role": "seen", "method": m, "kid_median": v}
-           for m, v in rows]
+    out = [{"phase": "pretrained", "role": "seen", "method": m, "kid_median": v} for m, v in rows]
     out.append({"phase": "pretrained", "role": "unseen", "method": "fedavg", "kid_median": 0.0})
     return pd.DataFrame(out)
 
 
 def unseen(spire: float, lora: float = 0.4) -> pd.DataFrame:
-    return pd.DataFrame({"method": ["spire", "bitfit", "lora"],
-                         "kid_median": [spire, 0.5, lora], "trained_params": [32, 500, 900]})
+    return pd.DataFrame(
+        {
+            "method": ["spire", "bitfit", "lora"],
+            "kid_median": [spire, 0.5, lora],
+            "trained_params": [32, 500, 900],
+        }
+    )
 
 
 def forgetting(difference: float, worst: float) -> pd.DataFrame:
-    return pd.DataFrame({"method": ["spire", "bitfit"], "difference": [difference, 0.2],
-                         "worst_difference": [worst, 0.4]})
+    return pd.DataFrame(
+        {
+            "method": ["spire", "bitfit"],
+            "difference": [difference, 0.2],
+            "worst_difference": [worst, 0.4],
+        }
+    )
 
 
 def slopes(dim=(0.01, -0.05, 0.07), n=(-0.5, -0.6, -0.4)) -> pd.DataFrame:
-    rows = [("dim", "err_ddpm_true", *dim), ("n", "err_ddpm_true", *n),
-            ("dim", "err_mle_true", 5.0, 4.0, 6.0), ("n", "err_mle_true", 5.0, 4.0, 6.0)]
+    rows = [
+        ("dim", "err_ddpm_true", *dim),
+        ("n", "err_ddpm_true", *n),
+        ("dim", "err_mle_true", 5.0, 4.0, 6.0),
+        ("n", "err_mle_true", 5.0, 4.0, 6.0),
+    ]
     return pd.DataFrame(rows, columns=["axis", "error", "slope", "ci_low", "ci_high"])
 
 
@@ -188,8 +219,12 @@ def test_all_claims_hold() -> None:
     ],
 )
 def test_each_claim_can_fail(args, claim) -> None:
-    tables = dict(kid_summary=summary(0.105), unseen=unseen(0.3),
-                  forgetting=forgetting(0.0, 0.0), gmm_slopes=slopes())
+    tables = dict(
+        kid_summary=summary(0.105),
+        unseen=unseen(0.3),
+        forgetting=forgetting(0.0, 0.0),
+        gmm_slopes=slopes(),
+    )
     tables.update(args)
     result = holds(check_claims(**tables))
     assert result == {c: c != claim for c in ("1", "2", "3", "5")}
@@ -206,8 +241,12 @@ def test_claims_without_their_tables_are_left_out() -> None:
     empty = pd.DataFrame()
     claims = check_claims(summary(0.1), empty, empty, empty)
     assert list(holds(claims)) == ["1"]
-    none = check_claims(summary(0.1)[lambda d: d["method"] != "spire"], unseen(0.3).iloc[1:],
-                        forgetting(0, 0).iloc[1:], empty)
+    none = check_claims(
+        summary(0.1)[lambda d: d["method"] != "spire"],
+        unseen(0.3).iloc[1:],
+        forgetting(0, 0).iloc[1:],
+        empty,
+    )
     assert none.empty and list(none.columns) == ["claim", "measured", "holds"]
 
 
@@ -215,8 +254,14 @@ def test_claims_without_their_tables_are_left_out() -> None:
 
 
 def test_markdown_table() -> None:
-    df = pd.DataFrame({"method": ["spire", "a|b"], "kid": [0.123456, 2.0], "params": [32, 5],
-                       "holds": [True, False]})
+    df = pd.DataFrame(
+        {
+            "method": ["spire", "a|b"],
+            "kid": [0.123456, 2.0],
+            "params": [32, 5],
+            "holds": [True, False],
+        }
+    )
     assert markdown_table(df) == (
         "| method | kid | params | holds |\n"
         "|---|---|---|---|\n"

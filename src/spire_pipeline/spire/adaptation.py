@@ -39,6 +39,7 @@ from spire_pipeline.spire.model import (
     embedding_dim,
     head_names,
     load_partial,
+    resolve_device,
     state_of,
 )
 from spire_pipeline.spire.training import LocalResult, ParamGroup, local_train
@@ -123,7 +124,7 @@ def base_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             add_lora(model, cfg.lora_rank, cfg.lora_alpha)
-    model.requires_grad_(False)
+    model.to(resolve_device(cfg.device)).requires_grad_(False)
     return model, base_bundle
 
 
@@ -163,14 +164,15 @@ def adapt(
     diffusion_cfg = next(iter(pretrained.values())).diffusion_cfg
     total = count_parameters(build_backbone(backbone_cfg))
     dim = embedding_dim(model)
+    device = next(model.parameters()).device
     params = dict(model.named_parameters())
     names = trainable_names(method, model)
     groups = [ParamGroup({n: params[n] for n in names}, local.lr, local.weight_decay)]
     emb = None
     if method == "spire":
-        emb = initial_embedding(cfg.embedding_init, base_bundle, dim, seed)
+        emb = initial_embedding(cfg.embedding_init, base_bundle, dim, seed).to(device)
         groups = [ParamGroup({"embedding": emb}, local.embedding_lr)]
-    zero = torch.zeros(dim)
+    zero = torch.zeros(dim, device=device)
 
     def denoise(x, t, c):
         return model(x, t, class_labels=zero.expand(x.shape[0], -1) if c is None else c).sample

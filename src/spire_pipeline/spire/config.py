@@ -88,6 +88,7 @@ class PretrainingConfig(_Strict):
     checkpoint_dir: str = "data/06_models/checkpoints"
     grid_samples_per_client: PositiveInt = 8
     threads: PositiveInt | None = None
+    device: str = "auto"
 
     @field_validator("methods")
     @classmethod
@@ -111,6 +112,7 @@ class KIDConfig(_Strict):
     grid_samples: PositiveInt = 8
     batch_size: PositiveInt = 100
     cache_dir: str | None = "data/04_feature/kid_cache"
+    device: str = "auto"
 
 
 class AdaptationConfig(_Strict):
@@ -122,6 +124,7 @@ class AdaptationConfig(_Strict):
     local: LocalTrainConfig = LocalTrainConfig(steps=200, lr=1e-3, embedding_lr=5e-2)
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
+    device: str = "auto"
 
 
 class SweepConfig(_Strict):

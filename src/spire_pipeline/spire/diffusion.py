@@ -37,7 +37,7 @@ def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (N,C,H,W) in [-1, 1] -> uint8 (N,H,W) for one channel, (N,H,W,C) otherwise."""
-    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return img[..., 0] if img.shape[-1] == 1 else img
 
 
@@ -49,8 +49,10 @@ def ddpm_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Epsilon-prediction loss ``|| eps - eps_theta(x_t, t, cond) ||^2`` at uniform random t."""
+    # drawn on the CPU generator, so the numbers do not depend on the device
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = t.to(x0.device)
     x_t = scheduler.add_noise(x0, noise, t)
     return torch.nn.functional.mse_loss(denoise(x_t, t, cond), noise)
 
@@ -78,6 +80,7 @@ def sample(
     batch_size: int = 100,
     progress: bool = False,
     desc: str = "sampling",
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Draw ``num`` images conditioned on ``cond`` (one vector, broadcast over the batch)."""
     out = []
@@ -86,10 +89,10 @@ def sample(
     for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
         n = min(batch_size, num - start)
         sampler.set_timesteps(len(sampler.timesteps))  # multistep solvers keep state: reset
-        x = torch.randn((n, *shape), generator=g)
-        c = None if cond is None else cond.reshape(1, -1).expand(n, -1)
+        x = torch.randn((n, *shape), generator=g).to(device)
+        c = None if cond is None else cond.to(device).reshape(1, -1).expand(n, -1)
         for t in sampler.timesteps:
-            eps = denoise(x, t.expand(n), c)
-            x = sampler.step(eps, t, x).prev_sample
+            eps = denoise(x, t.to(device).expand(n), c)
+            x = sampler.step(eps, t.to(device), x).prev_sample
         out.append(to_uint8(x))
     return np.concatenate(out)

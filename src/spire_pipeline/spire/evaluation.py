@@ -24,7 +24,7 @@ from spire_pipeline.spire.config import KIDConfig
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
 from spire_pipeline.spire.kid import kid
-from spire_pipeline.spire.model import backbone_sha
+from spire_pipeline.spire.model import backbone_sha, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def evaluate(
     firsts: dict[tuple, np.ndarray] = {}
     grids: dict[tuple[str, str, str], np.ndarray] = {}
     rows = []
+    device = resolve_device(cfg.device)
     for job in tqdm(jobs, desc="KID", disable=not progress):
         key = job.sample_key
         if key not in fake_features:
@@ -200,6 +201,7 @@ def evaluate(
                 seed=derive_seed(cfg.seed, "kid", job.condition or "-"),
                 steps=cfg.sampler_steps,
                 batch_size=cfg.batch_size,
+                device=device,
             )
             fake_features[key] = extractor(images)
             firsts[key] = images[: cfg.grid_samples]

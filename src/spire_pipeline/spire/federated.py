@@ -29,6 +29,7 @@ from spire_pipeline.spire.model import (
     head_names,
     init_embeddings,
     load_partial,
+    resolve_device,
     state_of,
 )
 from spire_pipeline.spire.training import ClientTrainingError, ParamGroup, local_train, num_steps
@@ -101,8 +102,14 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[ClientData]) -> str:
     """Identifies a run: same method, parameters and data -> same checkpoint."""
     h = hashlib.sha256(f"{method}/checkpoint-format-{CHECKPOINT_FORMAT}".encode())
-    unrelated = {"resume", "checkpoint_dir", "threads", "methods", "engine",
-                 "grid_samples_per_client"}
+    unrelated = {
+        "resume",
+        "checkpoint_dir",
+        "threads",
+        "methods",
+        "engine",
+        "grid_samples_per_client",
+    }
     h.update(cfg.model_dump_json(exclude=unrelated).encode())
     for c in clients:
         h.update(c.client.encode())
@@ -152,15 +159,16 @@ class Trainer:
 
     def __init__(self, method: str, cfg: PretrainingConfig) -> None:
         self.method, self.cfg = method, cfg
+        self.device = resolve_device(cfg.device)
         self.model = build_backbone(cfg.backbone, seed=derive_seed(cfg.seed, "init"))
-        self.model.requires_grad_(False)
+        self.model.to(self.device).requires_grad_(False)
         self.scheduler = make_scheduler(cfg.diffusion)
         self.dim = embedding_dim(self.model)
         self.personal_head = head_names(self.model) if method == "fedper" else []
         names = [n for n, _ in self.model.named_parameters()]
         #: the backbone arrays a client uploads (FedPer keeps its head)
         self.uploaded = [n for n in names if n not in self.personal_head]
-        self._zero = torch.zeros(self.dim)
+        self._zero = torch.zeros(self.dim, device=self.device)
 
     def initial_backbone(self) -> dict[str, torch.Tensor]:
         return state_of(self.model)
@@ -176,7 +184,7 @@ class Trainer:
                 derive_seed(self.cfg.seed, "embeddings"),
                 self.cfg.embedding_init_scale,
             )
-            emb = table[index].clone()
+            emb = table[index].clone().to(self.device)
         head = state_of(self.model, self.personal_head) if self.personal_head else None
         model = state_of(self.model) if self.method == "local" else None
         return ClientState(emb, head, model)
@@ -246,7 +254,7 @@ def pretrain(
     server = ServerState(0, trainer.initial_backbone())
     states = [trainer.initial_client_state(k, len(ids)) for k in range(len(ids))]
     if checkpoint is not None and cfg.resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=False, map_location=trainer.device)
         if saved.get("fingerprint") == fingerprint:
             server, states = saved["server"], saved["clients"]
             log.info("%s: resuming from %s after round %d", method, checkpoint, server.round)
@@ -336,6 +344,7 @@ def _train_centralized(
     load_partial(model, server.backbone)
     images = torch.cat([c.images for c in clients])
     owner = torch.cat([torch.full((c.num_samples,), k) for k, c in enumerate(clients)])
+    owner = owner.to(trainer.device)
     table = torch.stack([s.embedding for s in states])
     m = len(select_clients(cfg, r, len(clients)))
     per_client = num_steps(cfg.local, int(np.mean([c.num_samples for c in clients])))

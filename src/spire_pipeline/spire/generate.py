@@ -23,10 +23,16 @@ def generate_from(
     batch_size: int = 100,
     progress: bool = False,
     desc: str = "sampling",
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """``num`` uint8 images from ``model`` conditioned on ``emb`` (``None``: a zero embedding)."""
+    """``num`` uint8 images from ``model`` conditioned on ``emb`` (``None``: a zero embedding).
+
+    Runs on ``device`` (default: where the model is).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
     sampler = make_sampler(make_scheduler(diffusion_cfg), diffusion_cfg, steps)
-    cond = torch.zeros(embedding_dim(model)) if emb is None else emb
+    cond = torch.zeros(embedding_dim(model), device=device) if emb is None else emb.to(device)
     size = backbone_cfg.image_size
 
     def denoise(x, t, c):
@@ -42,6 +48,7 @@ def generate_from(
         batch_size=batch_size,
         progress=progress,
         desc=desc,
+        device=device,
     )
 
 

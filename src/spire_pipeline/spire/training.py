@@ -93,6 +93,7 @@ def local_train(
     opt = _optimizer(cfg, groups)
     g = torch.Generator().manual_seed(int(seed))
     n = images.shape[0]
+    device = trainable[0].device
     steps = num_steps(cfg, n)
     losses: list[float] = []
     order = torch.randperm(n, generator=g)
@@ -106,7 +107,7 @@ def local_train(
         batch_cond = cond(idx) if callable(cond) else cond
         if batch_cond is not None and batch_cond.ndim == 1:
             batch_cond = batch_cond.expand(len(idx), -1)
-        loss = ddpm_loss(denoise, scheduler, images[idx], batch_cond, g)
+        loss = ddpm_loss(denoise, scheduler, images[idx].to(device), batch_cond, g)
         if not torch.isfinite(loss):
             raise ClientTrainingError(
                 f"client {client}: loss is {loss.item()} at local step {step}; "

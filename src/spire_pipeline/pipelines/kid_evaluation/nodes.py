@@ -22,6 +22,7 @@ from spire_pipeline.spire.evaluation import (
     pretrained_jobs,
 )
 from spire_pipeline.spire.features import build_feature_extractor
+from spire_pipeline.spire.model import resolve_device
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import grouped_bars, image_grid
 from spire_pipeline.spire.validation import validate_params
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def _extractor(cfg: KIDConfig):
-    return build_feature_extractor(cfg.extractor, cfg.image_size, batch_size=cfg.batch_size)
+    return build_feature_extractor(
+        cfg.extractor,
+        cfg.image_size,
+        batch_size=cfg.batch_size,
+        device=str(resolve_device(cfg.device)),
+    )
 
 
 def extractor_label(extractor) -> str:
