@@ -7,6 +7,7 @@ ENV ?=
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
+export COLUMNS ?= 160
 export FLWR_HOME := $(CURDIR)/tmp/flwr
 export RAY_TMPDIR := $(CURDIR)/tmp/ray
 
