@@ -330,3 +330,17 @@ def _clean_ray_links() -> Iterator[None]:
     yield
     for link in _RAY_LINKS:
         link.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a test module (fast on a shared 2-core machine, bitwise reproducible).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -38,13 +38,7 @@ CLIENT = "unseen_00"
 STEPS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread (fast on a shared 2-core machine, and bitwise reproducible)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pretraining_cfg() -> PretrainingConfig:

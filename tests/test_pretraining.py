@@ -73,13 +73,7 @@ def make_clients(sizes=SIZES, seed: int = 0, size: int = 16) -> list[ClientData]
     ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread (fast on a shared 2-core machine, and bitwise reproducible)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

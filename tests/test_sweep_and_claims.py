@@ -20,13 +20,7 @@ from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread (fast on a shared 2-core machine, and bitwise reproducible)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int, seed: int) -> torch.Tensor:
