@@ -74,7 +74,7 @@ class PretrainingConfig(_Strict):
     """Parameters of ``federated_pretraining``."""
 
     seed: int = 0
-    engine: Literal["inprocess", "flower"] = "inprocess"
+    engine: Literal["inprocess"] = "inprocess"  # the only engine so far
     methods: list[Literal[PRETRAINING_METHODS]] = ["spire", "fedavg"]  # type: ignore[valid-type]
     backbone: BackboneConfig = BackboneConfig()
     diffusion: DiffusionConfig = DiffusionConfig()

@@ -38,8 +38,6 @@ def pretrain_methods(
 ) -> tuple[dict[str, ModelBundle], pd.DataFrame, dict[str, list[dict]]]:
     """Pretrain every configured method on the seen clients; resume from checkpoints."""
     cfg = validate_params(PretrainingConfig, params, "federated_pretraining")
-    if cfg.engine != "inprocess":
-        raise NotImplementedError(f"engine {cfg.engine!r} is not available yet; use inprocess")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     clients, _ = _seen_clients(client_splits)
