@@ -640,3 +640,17 @@ def test_quick_and_base_parameters_are_valid() -> None:
         params = yaml.safe_load((root / env / "parameters_federated_pretraining.yml").read_text())
         cfg = validate_params(PretrainingConfig, params[SECTION], SECTION)
         assert set(cfg.methods) <= set(PRETRAINING_METHODS)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
+def test_every_sampler_is_reproducible_per_seed(sampler, method_runs) -> None:
+    bundle = method_runs["spire"][0]
+    bundle = dataclasses.replace(
+        bundle, diffusion_cfg=bundle.diffusion_cfg.model_copy(update={"sampler": sampler})
+    )
+    client = bundle.clients()[0]
+    a, b = (generate(bundle, client, num=3, seed=5, steps=4) for _ in range(2))
+    c = generate(bundle, client, num=3, seed=6, steps=4)
+    assert a.shape == (3, 28, 28) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

@@ -47,7 +47,7 @@ class DiffusionConfig(_Strict):
 
     num_train_timesteps: PositiveInt = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    sampler: Literal["ddim", "dpmsolver++"] = "ddim"
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddim"
     sampler_steps: PositiveInt = 25
 
 

@@ -58,8 +58,10 @@ def ddpm_loss(
 
 
 def make_sampler(train_scheduler: DDPMScheduler, cfg: DiffusionConfig, steps: int | None = None):
-    """A DDIM or DPM-Solver++ scheduler matching the training schedule."""
-    if cfg.sampler == "ddim":
+    """A sampler matching the training schedule: ancestral DDPM, DDIM or DPM-Solver++."""
+    if cfg.sampler == "ddpm":  # stochastic; skips steps evenly when steps < train timesteps
+        s = DDPMScheduler.from_config(train_scheduler.config)
+    elif cfg.sampler == "ddim":
         s = DDIMScheduler.from_config(train_scheduler.config, clip_sample=True)
     else:
         s = DPMSolverMultistepScheduler.from_config(
@@ -82,7 +84,11 @@ def sample(
     desc: str = "sampling",
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Draw ``num`` images conditioned on ``cond`` (one vector, broadcast over the batch)."""
+    """Draw ``num`` images conditioned on ``cond`` (one vector, broadcast over the batch).
+
+    The starting noise and a stochastic sampler's noise come from one generator seeded with
+    ``seed``, so the same seed gives the same images.
+    """
     out = []
     g = torch.Generator().manual_seed(seed)
     starts = range(0, num, batch_size)
@@ -93,6 +99,6 @@ def sample(
         c = None if cond is None else cond.to(device).reshape(1, -1).expand(n, -1)
         for t in sampler.timesteps:
             eps = denoise(x, t.to(device).expand(n), c)
-            x = sampler.step(eps, t.to(device), x).prev_sample
+            x = sampler.step(eps, t.to(device), x, generator=g).prev_sample
         out.append(to_uint8(x))
     return np.concatenate(out)

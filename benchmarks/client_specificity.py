@@ -1,0 +1,103 @@
+"""Do each seen client's samples follow that client's classes?
+
+Trains a small CNN classifier (seeded) on the seen clients' pooled train splits, then samples
+``--samples`` images per seen client from the newest pretrained ``spire`` bundle (the client's
+own embedding) and ``fedavg`` bundle (one shared model), both with their own sampler. A
+sample *agrees* when the classifier puts it in one of the client's classes. ``fedavg`` ignores
+the client, so its agreement is the reference a client-specific model must beat. The
+classifier's accuracy on the seen clients' test splits is printed so its errors can be judged.
+Prints a table. Usage: python benchmarks/client_specificity.py [--samples 64] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from spire_pipeline.datasets import ModelBundleDataset
+from spire_pipeline.spire.diffusion import to_model_space
+from spire_pipeline.spire.generate import generate
+from spire_pipeline.spire.partition import splits_from_partitions
+
+
+def newest(folder: str) -> Path:
+    versions = sorted(p for p in Path(folder).iterdir() if p.is_dir() and p.name[0] != ".")
+    if not versions:
+        raise SystemExit(f"nothing in {folder}: run `make run` (the main job) first")
+    return versions[-1]
+
+
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, epochs: int = 3
+) -> nn.Module:
+    """A two-conv CNN, Adam 1e-3, batch 128."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(images.shape[1], 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
+        nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(epochs), desc="classifier epochs"):
+        order = torch.randperm(len(images), generator=g)
+        for i in range(0, len(images), 128):
+            b = order[i : i + 128]
+            loss = nn.functional.cross_entropy(net(images[b]), labels[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.inference_mode()
+def predict(net: nn.Module, images: np.ndarray) -> np.ndarray:
+    return net(to_model_space(images)).argmax(1).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    parts = {
+        p.stem: dict(np.load(p)) for p in newest("data/05_model_input/client_splits").glob("*.npz")
+    }
+    seen = [s for s in splits_from_partitions(parts).values() if s.role == "seen"]
+    x = to_model_space(np.concatenate([s.train_images for s in seen]))
+    y = torch.as_tensor(np.concatenate([s.train_labels for s in seen])).long()
+    net = train_classifier(x, y, int(y.max()) + 1, args.seed)
+    acc = np.mean(np.concatenate([predict(net, s.test_images) == s.test_labels for s in seen]))
+    version = newest("data/06_models/pretrained")
+    bundles = {
+        m: ModelBundleDataset(filepath=str(version / f"{m}.safetensors")).load()
+        for m in ("spire", "fedavg")
+        if (version / f"{m}.safetensors").exists()
+    }
+    print(
+        f"pretrained {version.name}; classifier accuracy on the seen test splits {acc:.3f}; "
+        f"{args.samples} samples per client and model"
+    )
+    print(f"{'client':>8} {'classes':>8} " + " ".join(f"{m:>7}" for m in bundles))
+    table = []
+    for k, s in enumerate(tqdm(seen, desc="clients", leave=False)):
+        classes = np.unique(s.train_labels)
+        row = []
+        for m, b in bundles.items():
+            imgs = generate(b, s.client if m == "spire" else None, args.samples, args.seed + k)
+            row.append(float(np.isin(predict(net, imgs), classes).mean()))
+        table.append(row)
+        names = ",".join(str(c) for c in classes)
+        print(f"{s.client:>8} {names:>8} " + " ".join(f"{v:>7.2f}" for v in row))
+    mean = np.mean(table, axis=0)
+    print(f"{'mean':>8} {'':>8} " + " ".join(f"{v:>7.2f}" for v in mean))
+    print("share of samples the classifier puts in the client's own classes")
+
+
+if __name__ == "__main__":
+    main()
