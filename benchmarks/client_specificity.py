@@ -12,24 +12,16 @@ Prints a table. Usage: python benchmarks/client_specificity.py [--samples 64] [-
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
+from _latest import client_splits, newest
 from torch import nn
 from tqdm.auto import tqdm
 
 from spire_pipeline.datasets import ModelBundleDataset
 from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.generate import generate
-from spire_pipeline.spire.partition import splits_from_partitions
-
-
-def newest(folder: str) -> Path:
-    versions = sorted(p for p in Path(folder).iterdir() if p.is_dir() and p.name[0] != ".")
-    if not versions:
-        raise SystemExit(f"nothing in {folder}: run `make run` (the main job) first")
-    return versions[-1]
 
 
 def train_classifier(
@@ -65,10 +57,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    parts = {
-        p.stem: dict(np.load(p)) for p in newest("data/05_model_input/client_splits").glob("*.npz")
-    }
-    seen = [s for s in splits_from_partitions(parts).values() if s.role == "seen"]
+    seen = client_splits("seen")
     x = to_model_space(np.concatenate([s.train_images for s in seen]))
     y = torch.as_tensor(np.concatenate([s.train_labels for s in seen])).long()
     net = train_classifier(x, y, int(y.max()) + 1, args.seed)

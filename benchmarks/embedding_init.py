@@ -17,22 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from _latest import client_splits, newest
 
 from spire_pipeline.datasets import ModelBundleDataset
 from spire_pipeline.spire.adaptation import adapt, build_adapted
 from spire_pipeline.spire.config import AdaptationConfig
 from spire_pipeline.spire.diffusion import ddpm_loss, make_scheduler, to_model_space
 from spire_pipeline.spire.federated import ClientData
-from spire_pipeline.spire.partition import splits_from_partitions
-
-
-def newest(folder: str) -> Path:
-    versions = sorted(
-        p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    if not versions:
-        raise SystemExit(f"nothing in {folder}: run `make run` (the main job) first")
-    return versions[-1]
 
 
 @torch.inference_mode()
@@ -63,10 +54,7 @@ def main() -> None:
     version = newest("data/06_models/pretrained")
     spire = ModelBundleDataset(filepath=str(version / "spire.safetensors")).load()
     pretrained = {"spire": spire}
-    parts = {
-        p.stem: dict(np.load(p)) for p in newest("data/05_model_input/client_splits").glob("*.npz")
-    }
-    unseen = [s for s in splits_from_partitions(parts).values() if s.role == "unseen"]
+    unseen = client_splits("unseen")
     print(f"spire bundle {version.name}; {len(unseen)} unseen clients; budget {params['local']}")
     print(f"{'client':>10} " + " ".join(f"{i:>10}" for i in ("zeros", "mean_seen", "random")))
     results: dict[str, list[float]] = {"zeros": [], "mean_seen": [], "random": []}

@@ -10,21 +10,13 @@ Prints a table. Usage: python benchmarks/embedding_usage.py [--images 200] [--re
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
+from _latest import client_splits, newest
 
 from spire_pipeline.datasets import ModelBundleDataset
 from spire_pipeline.spire.diffusion import ddpm_loss, make_scheduler, to_model_space
-from spire_pipeline.spire.partition import splits_from_partitions
-
-
-def newest(folder: str) -> Path:
-    versions = sorted(p for p in Path(folder).iterdir() if p.is_dir() and p.name[0] != ".")
-    if not versions:
-        raise SystemExit(f"nothing in {folder}: run `make run` (the main job) first")
-    return versions[-1]
 
 
 @torch.inference_mode()
@@ -37,10 +29,7 @@ def main() -> None:
     bundle = ModelBundleDataset(filepath=str(version / "spire.safetensors")).load()
     model, _ = bundle.build(None)
     sched = make_scheduler(bundle.diffusion_cfg)
-    parts = {
-        p.stem: dict(np.load(p)) for p in newest("data/05_model_input/client_splits").glob("*.npz")
-    }
-    seen = [s for s in splits_from_partitions(parts).values() if s.role == "seen"]
+    seen = client_splits("seen")
     table = torch.stack([bundle.embeddings[s.client] for s in seen])
     dists = torch.cdist(table, table)
     print(
