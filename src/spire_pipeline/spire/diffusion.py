@@ -99,6 +99,7 @@ def sample(
         c = None if cond is None else cond.to(device).reshape(1, -1).expand(n, -1)
         for t in sampler.timesteps:
             eps = denoise(x, t.to(device).expand(n), c)
-            x = sampler.step(eps, t.to(device), x, generator=g).prev_sample
+            # t stays where the sampler's own timesteps are (the CPU): DDPM looks it up there
+            x = sampler.step(eps, t, x, generator=g).prev_sample
         out.append(to_uint8(x))
     return np.concatenate(out)

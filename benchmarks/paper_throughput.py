@@ -1,0 +1,75 @@
+"""Seconds per round and peak GPU memory of every pretraining method at `conf/paper` scale.
+
+Partitions the raw images with the env's `data_partitioning` parameters, then runs the env's
+`federated_pretraining` methods for a few rounds each through the core API (the code the Kedro
+nodes call) and projects the time of the full run. The first method runs `--rounds` rounds, so
+that its last round shows the warm speed; the others run `--rounds-others`.
+Usage: python benchmarks/paper_throughput.py [--env paper] [--rounds 2] [--rounds-others 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import yaml
+
+from spire_pipeline.spire.config import PretrainingConfig
+from spire_pipeline.spire.diffusion import to_model_space
+from spire_pipeline.spire.federated import ClientData, pretrain
+from spire_pipeline.spire.idx import read_idx
+from spire_pipeline.spire.model import resolve_device
+from spire_pipeline.spire.partition import PartitionConfig, partition
+
+RAW = "data/01_raw/fashion-mnist/"
+
+
+def params(env: str, section: str) -> dict:
+    with open(f"conf/{env}/parameters_{section}.yml") as f:
+        return yaml.safe_load(f)[section]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="paper")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds-others", type=int, default=1)
+    args = parser.parse_args()
+    sets = ("train", "t10k")
+    images = np.concatenate([read_idx(f"{RAW}{s}-images-idx3-ubyte.gz") for s in sets])
+    labels = np.concatenate([read_idx(f"{RAW}{s}-labels-idx1-ubyte.gz") for s in sets])
+    splits = partition(images, labels, PartitionConfig(**params(args.env, "data_partitioning")))
+    clients = [
+        ClientData(s.client, to_model_space(s.train_images)) for s in splits if s.role == "seen"
+    ]
+    full = PretrainingConfig(**params(args.env, "federated_pretraining"))
+    cfg = full.model_copy(update={"resume": False})
+    device = resolve_device(cfg.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{args.env}: {len(clients)} seen clients, device {name}, torch {torch.__version__}")
+    print(
+        f"{'method':>12} {'rounds':>6} {'s/round (last)':>14} {'final loss':>10} "
+        f"{'peak GPU MiB':>12} {'projected h':>11}"
+    )
+    for i, method in enumerate(cfg.methods):
+        rounds = args.rounds if i == 0 else args.rounds_others
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        bundle, history = pretrain(
+            method, cfg.model_copy(update={"rounds": rounds}), clients, progress=False
+        )
+        last = history[-1]["seconds"]
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        print(
+            f"{method:>12} {rounds:>6} {last:>14.2f} {history[-1]['loss_mean']:>10.4f} "
+            f"{peak:>12.0f} {last * full.rounds / 3600:>11.2f}"
+        )
+        if i == 0 and bundle.backbone:
+            n = sum(v.numel() for v in bundle.backbone.values())
+            up = history[-1]["bytes_up"]
+            print(f"{'':>12} backbone {n:,} weights; bytes up per round {up:,}")
+
+
+if __name__ == "__main__":
+    main()
