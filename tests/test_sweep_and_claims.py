@@ -16,6 +16,7 @@ from spire_pipeline.spire.claims import MATCH_FACTOR, check_claims, markdown_tab
 from spire_pipeline.spire.config import AdaptationConfig, PretrainingConfig, SweepConfig
 from spire_pipeline.spire.federated import ClientData, pretrain
 from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary
+from spire_pipeline.spire.training import ClientTrainingError
 
 SIZE = 16
 
@@ -57,7 +58,8 @@ def test_sweep_jobs_one_per_cell_one_adaptation_per_lr(pretrained, monkeypatch) 
         return adapt(method, pre, client, cfg, local=local, snapshot_steps=snapshot_steps)
 
     monkeypatch.setattr(sweep_mod, "adapt", spy)
-    jobs = sweep_jobs(pretrained, clients, sweep, adaptation)
+    jobs, diverged = sweep_jobs(pretrained, clients, sweep, adaptation)
+    assert diverged == []
 
     per_epoch = {c.client: math.ceil(c.num_samples / 4) for c in clients}  # 3 and 1
     # one adaptation per (method, client, lr), run to the largest epoch count
@@ -97,6 +99,46 @@ def test_sweep_jobs_one_per_cell_one_adaptation_per_lr(pretrained, monkeypatch) 
         assert all(torch.equal(got[k], ref[k]) for k in ref), method
         model, emb = cell.build()
         assert (emb is not None) == (method == "spire")
+
+
+def test_sweep_survives_a_diverged_run_and_keeps_its_earlier_cells(pretrained, monkeypatch) -> None:
+    clients = [ClientData("unseen_00", images(12, 10))]  # 3 steps per epoch at batch 4
+    sweep = SweepConfig(methods=["bitfit"], learning_rates=[1e-3, 1e-2], epochs=[1, 2, 4])
+    adaptation = AdaptationConfig.model_validate({"local": {"steps": 50, "batch_size": 4}})
+    calls = []
+
+    def diverge_at_lr_1e2(method, pre, client, cfg, local=None, snapshot_steps=()):
+        calls.append((local.lr, local.steps, list(snapshot_steps)))
+        if local.lr == 1e-2 and local.steps > 6:  # NaN at step 7: steps 0..6 completed
+            raise ClientTrainingError(f"client {client.client}: loss is nan at local step 7", 7)
+        return adapt(method, pre, client, cfg, local=local, snapshot_steps=snapshot_steps)
+
+    monkeypatch.setattr(sweep_mod, "adapt", diverge_at_lr_1e2)
+    jobs, diverged = sweep_jobs(pretrained, clients, sweep, adaptation)
+    # the failed run is repeated up to its last snapshot before the failing step
+    assert calls == [(1e-3, 12, [3, 6, 12]), (1e-2, 12, [3, 6, 12]), (1e-2, 6, [3, 6])]
+    cells = sorted((j.extra["lr"], j.extra["epochs"]) for j in jobs)
+    assert cells == [(1e-3, 1), (1e-3, 2), (1e-3, 4), (1e-2, 1), (1e-2, 2)]
+    assert [(d["lr"], d["epochs"], d["steps"]) for d in diverged] == [(1e-2, 4, 12)]
+    assert "nan" in diverged[0]["error"]
+    # the kept cell is the model a plain run of that length gives
+    (cell,) = [j for j in jobs if j.extra["lr"] == 1e-2 and j.extra["epochs"] == 2]
+    local = adaptation.local.model_copy(update={"steps": 6, "lr": 1e-2, "embedding_lr": 1e-2})
+    ref = adapt("bitfit", pretrained, clients[0], adaptation, local=local).bundle.to_tensors()[0]
+    got = cell.bundle.to_tensors()[0]
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_sweep_summary_counts_diverged_cells() -> None:
+    table = sweep_table()
+    table.loc[
+        (table["method"] == "bitfit") & (table["lr"] == 1e-2) & (table["epochs"] == 2), "kid_mean"
+    ] = np.nan
+    s = sweep_summary(table).set_index("method")
+    assert s.loc["bitfit", "diverged_cells"] == 1 and s.loc["spire", "diverged_cells"] == 0
+    # bitfit's finite cell medians: 1.1, 0.9, 0.6
+    assert s.loc["bitfit", "kid_worst"] == pytest.approx(1.1)
+    assert s.loc["bitfit", "kid_median"] == pytest.approx(0.9)
 
 
 # ----------------------------------------------------------------------------- sweep_summary

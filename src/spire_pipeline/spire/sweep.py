@@ -2,11 +2,14 @@
 
 For each (method, client, learning rate) one adaptation runs for the largest epoch count, and
 the parameters are snapshotted after each smaller count: a cell (lr, e) is exactly the model a
-run of ``e`` epochs at ``lr`` would give (same seed, same batches, no schedule).
+run of ``e`` epochs at ``lr`` would give (same seed, same batches, no schedule). A run whose
+loss diverges is run again up to its last snapshot before the failing step; the cells after it
+are reported as diverged instead of stopping the sweep.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -18,6 +21,9 @@ from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, SweepConfig
 from spire_pipeline.spire.evaluation import EvalJob
 from spire_pipeline.spire.federated import ClientData
+from spire_pipeline.spire.training import ClientTrainingError
+
+log = logging.getLogger(__name__)
 
 
 def sweep_jobs(
@@ -25,9 +31,9 @@ def sweep_jobs(
     clients: Sequence[ClientData],
     sweep: SweepConfig,
     adaptation: AdaptationConfig,
-) -> list[EvalJob]:
-    """Adapt every (method, client, lr) once and return one KID job per grid cell."""
-    jobs = []
+) -> tuple[list[EvalJob], list[dict]]:
+    """Adapt every (method, client, lr) once: one KID job per grid cell, and the diverged cells."""
+    jobs, diverged = [], []
     runs = [(m, c, lr) for m in sweep.methods for c in clients for lr in sweep.learning_rates]
     for method, client, lr in tqdm(runs, desc="sweep: adapt", unit="run"):
         per_epoch = math.ceil(client.num_samples / adaptation.local.batch_size)
@@ -35,9 +41,37 @@ def sweep_jobs(
         local = adaptation.local.model_copy(
             update={"steps": max(steps.values()), "epochs": None, "lr": lr, "embedding_lr": lr}
         )
-        a = adapt(
-            method, pretrained, client, adaptation, local=local, snapshot_steps=list(steps.values())
-        )
+        try:
+            a = adapt(
+                method,
+                pretrained,
+                client,
+                adaptation,
+                local=local,
+                snapshot_steps=[*steps.values()],
+            )
+        except ClientTrainingError as exc:
+            done = [s for s in steps.values() if exc.step is not None and s <= exc.step]
+            log.warning(
+                "sweep %s lr=%g: %s; cells after step %s diverged", method, lr, exc, exc.step
+            )
+            for epochs, step in steps.items():
+                if step not in done:
+                    diverged.append(
+                        {
+                            "client": client.client,
+                            "method": method,
+                            "lr": lr,
+                            "epochs": epochs,
+                            "steps": step,
+                            "error": str(exc),
+                        }
+                    )
+            steps = {e: s for e, s in steps.items() if s in done}
+            if not steps:
+                continue
+            local = local.model_copy(update={"steps": max(done)})
+            a = adapt(method, pretrained, client, adaptation, local=local, snapshot_steps=done)
         for epochs, step in steps.items():
             b = a.snapshots[step]
             source = f"sweep/{method}/{client.client}/{lr:g}/{epochs}"
@@ -63,14 +97,18 @@ def sweep_jobs(
                     },
                 )
             )
-    return jobs
+    return jobs, diverged
 
 
 def sweep_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: median, best and worst KID over the grid, and the spread (worst / best)."""
+    """Per method: median, best and worst KID over the grid, and the spread (worst / best).
+
+    Diverged cells (KID NaN) are left out of these and counted in ``diverged_cells``.
+    """
     cells = table.groupby(["method", "lr", "epochs"])["kid_mean"].median().reset_index()
     g = cells.groupby("method")["kid_mean"]
     out = pd.DataFrame({"kid_median": g.median(), "kid_best": g.min(), "kid_worst": g.max()})
+    out["diverged_cells"] = cells["kid_mean"].isna().groupby(cells["method"]).sum()
     out["spread"] = out["kid_worst"] / out["kid_best"].clip(lower=1e-12)
     best = cells.loc[cells.groupby("method")["kid_mean"].idxmin()].set_index("method")
     out["best_lr"], out["best_epochs"] = best["lr"], best["epochs"]

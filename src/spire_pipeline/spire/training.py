@@ -17,7 +17,14 @@ from spire_pipeline.spire.diffusion import Denoiser, ddpm_loss
 
 
 class ClientTrainingError(RuntimeError):
-    """Local training failed (e.g. the loss became NaN); the message names the client."""
+    """Local training failed (e.g. the loss became NaN); the message names the client.
+
+    ``step``: the local step that failed, when known (the steps before it completed).
+    """
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -111,7 +118,8 @@ def local_train(
         if not torch.isfinite(loss):
             raise ClientTrainingError(
                 f"client {client}: loss is {loss.item()} at local step {step}; "
-                "lower the learning rate or check this client's data"
+                "lower the learning rate or check this client's data",
+                step=step,
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -35,16 +35,20 @@ def run_sweep(
     kid_cfg = validate_params(KIDConfig, kid_params, "kid_evaluation")
     kid_cfg = kid_cfg.model_copy(update={"num_generated": sweep.num_generated, "seed": sweep.seed})
     clients = unseen_clients(client_splits)[: sweep.clients]
-    jobs = sweep_jobs(resolve(pretrained_models), clients, sweep, adaptation)
+    jobs, diverged = sweep_jobs(resolve(pretrained_models), clients, sweep, adaptation)
     extractor = _extractor(kid_cfg)
     table, _ = evaluate(jobs, real_features, extractor, extractor_label(extractor), kid_cfg)
+    if diverged:  # kept as rows with no KID, so that the grid shows where training failed
+        failed = pd.DataFrame(diverged).assign(role="unseen", phase="sweep", kid_mean=np.nan)
+        table = pd.concat([table, failed.assign(extractor=table["extractor"].iloc[0])])
+    table["diverged"] = table["kid_mean"].isna()
     summary = sweep_summary(table)
     log.info("Robustness sweep:\n%s", summary.to_string(index=False))
     ext = table["extractor"].iloc[0]
     metrics = {
         f"{ext}.{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
         for r in summary.itertuples()
-        for k in ("kid_median", "kid_worst", "spread")
+        for k in ("kid_median", "kid_worst", "spread", "diverged_cells")
     }
     return table, summary, metrics
 
@@ -53,7 +57,9 @@ def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
     """One heat map per method: median KID over clients for each (lr, epochs) cell."""
     figs = {}
     for method, sub in table.groupby("method"):
-        grid = sub.pivot_table(index="lr", columns="epochs", values="kid_mean", aggfunc="median")
+        grid = sub.pivot_table(
+            index="lr", columns="epochs", values="kid_mean", aggfunc="median", dropna=False
+        )
         figs[method] = heatmap(
             grid.to_numpy(),
             row_labels=[f"{v:g}" for v in grid.index],
