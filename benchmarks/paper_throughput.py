@@ -1,9 +1,10 @@
 """Seconds per round and peak GPU memory of every pretraining method at `conf/paper` scale.
 
-Partitions the raw images with the env's `data_partitioning` parameters, then runs the env's
-`federated_pretraining` methods for a few rounds each through the core API (the code the Kedro
-nodes call) and projects the time of the full run. The first method runs `--rounds` rounds, so
-that its last round shows the warm speed; the others run `--rounds-others`.
+Partitions the raw images with the env's `data_partitioning` parameters (merged over
+`conf/base`, as `kedro run --env` does), then runs its `federated_pretraining` methods for a few
+rounds each through the core API (the code the Kedro nodes call) and projects the time of the
+full run. The first method runs `--rounds` rounds, so that its last round shows the warm speed;
+the others run `--rounds-others`.
 Usage: python benchmarks/paper_throughput.py [--env paper] [--rounds 2] [--rounds-others 1]
 """
 
@@ -13,7 +14,7 @@ import argparse
 
 import numpy as np
 import torch
-import yaml
+from kedro.config import OmegaConfigLoader
 
 from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
@@ -25,25 +26,21 @@ from spire_pipeline.spire.partition import PartitionConfig, partition
 RAW = "data/01_raw/fashion-mnist/"
 
 
-def params(env: str, section: str) -> dict:
-    with open(f"conf/{env}/parameters_{section}.yml") as f:
-        return yaml.safe_load(f)[section]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="paper")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rounds-others", type=int, default=1)
     args = parser.parse_args()
+    params = OmegaConfigLoader("conf", base_env="base", default_run_env=args.env)["parameters"]
     sets = ("train", "t10k")
     images = np.concatenate([read_idx(f"{RAW}{s}-images-idx3-ubyte.gz") for s in sets])
     labels = np.concatenate([read_idx(f"{RAW}{s}-labels-idx1-ubyte.gz") for s in sets])
-    splits = partition(images, labels, PartitionConfig(**params(args.env, "data_partitioning")))
+    splits = partition(images, labels, PartitionConfig(**params["data_partitioning"]))
     clients = [
         ClientData(s.client, to_model_space(s.train_images)) for s in splits if s.role == "seen"
     ]
-    full = PretrainingConfig(**params(args.env, "federated_pretraining"))
+    full = PretrainingConfig(**params["federated_pretraining"])
     cfg = full.model_copy(update={"resume": False})
     device = resolve_device(cfg.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

@@ -110,6 +110,7 @@ def sweep_summary(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"kid_median": g.median(), "kid_best": g.min(), "kid_worst": g.max()})
     out["diverged_cells"] = cells["kid_mean"].isna().groupby(cells["method"]).sum()
     out["spread"] = out["kid_worst"] / out["kid_best"].clip(lower=1e-12)
-    best = cells.loc[cells.groupby("method")["kid_mean"].idxmin()].set_index("method")
+    finite = cells.dropna(subset=["kid_mean"])  # a method whose every cell diverged has no best
+    best = finite.loc[finite.groupby("method")["kid_mean"].idxmin()].set_index("method")
     out["best_lr"], out["best_epochs"] = best["lr"], best["epochs"]
     return out.reset_index().sort_values("kid_median")

@@ -37,14 +37,16 @@ def run_sweep(
     clients = unseen_clients(client_splits)[: sweep.clients]
     jobs, diverged = sweep_jobs(resolve(pretrained_models), clients, sweep, adaptation)
     extractor = _extractor(kid_cfg)
-    table, _ = evaluate(jobs, real_features, extractor, extractor_label(extractor), kid_cfg)
+    ext = extractor_label(extractor)
+    table, _ = evaluate(jobs, real_features, extractor, ext, kid_cfg)
     if diverged:  # kept as rows with no KID, so that the grid shows where training failed
-        failed = pd.DataFrame(diverged).assign(role="unseen", phase="sweep", kid_mean=np.nan)
-        table = pd.concat([table, failed.assign(extractor=table["extractor"].iloc[0])])
+        failed = pd.DataFrame(diverged).assign(
+            role="unseen", phase="sweep", kid_mean=np.nan, extractor=ext
+        )
+        table = pd.concat([table, failed], ignore_index=True)
     table["diverged"] = table["kid_mean"].isna()
     summary = sweep_summary(table)
     log.info("Robustness sweep:\n%s", summary.to_string(index=False))
-    ext = table["extractor"].iloc[0]
     metrics = {
         f"{ext}.{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
         for r in summary.itertuples()
