@@ -19,7 +19,11 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
-	$(BIN)/python -m pip install -q -r requirements.txt
+	@avail=$$(df -Pk $(VENV) | awk 'NR==2{print $$4}'); \
+	if ! compgen -G '$(VENV)/lib/python3*/site-packages/torch' >/dev/null && [ "$$avail" -lt 7200000 ]; then \
+	  echo "setup: only $$((avail * 1024 / 1000000)) MB free for $(VENV); the pinned dependencies take about 7.3 GB" \
+	       "(torch 2.14.1 is a CUDA build): free some disk and run again"; exit 1; fi
+	$(BIN)/python -m pip install -q --no-cache-dir -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $@
 

@@ -18,10 +18,12 @@ def heatmap(
     cbar_label: str = "",
     fmt: str = "{:.0f}",
     cmap: str = "viridis",
+    nan_text: str = "",
 ) -> Figure:
-    """An annotated heat map (rows x columns)."""
+    """An annotated heat map (rows x columns); NaN cells are blank, labelled ``nan_text``."""
     values = np.asarray(values, dtype=float)
-    fig = Figure(figsize=(1.0 + 0.55 * len(col_labels) + 1.5, 1.0 + 0.32 * len(row_labels)))
+    width = max(4.8, 2.5 + 0.55 * len(col_labels))
+    fig = Figure(figsize=(width, 1.4 + 0.32 * len(row_labels)))
     ax = fig.add_subplot()
     im = ax.imshow(values, cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(col_labels)), labels=list(col_labels))
@@ -29,12 +31,13 @@ def heatmap(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    finite = values[np.isfinite(values)]
-    mid = (finite.max() + finite.min()) / 2 if finite.size else 0
     if values.size <= 400:
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                if np.isfinite(values[i, j]):
+                if not np.isfinite(values[i, j]):
+                    if nan_text:
+                        ax.text(j, i, nan_text, ha="center", va="center", fontsize=6)
+                else:
                     ax.text(
                         j,
                         i,
@@ -42,11 +45,17 @@ def heatmap(
                         ha="center",
                         va="center",
                         fontsize=6,
-                        color="black" if values[i, j] > mid else "white",
+                        color=_text_colour(im.cmap(im.norm(values[i, j]))),
                     )
     fig.colorbar(im, ax=ax, label=cbar_label)
     fig.tight_layout()
     return fig
+
+
+def _text_colour(rgba: Sequence[float]) -> str:
+    """Black on light cells, white on dark ones (by the cell colour's luma)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
 def image_grid(

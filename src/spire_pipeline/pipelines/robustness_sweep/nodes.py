@@ -68,9 +68,10 @@ def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
             col_labels=[str(c) for c in grid.columns],
             fmt="{:.2f}",
             cmap="magma_r",
-            title=f"{method}: KID ({table['extractor'].iloc[0]}) by learning rate x epochs",
+            title=f"{method}: median KID over clients\n{table['extractor'].iloc[0]}",
             xlabel="epochs",
             ylabel="learning rate",
-            cbar_label="KID (median over clients)",
+            cbar_label="KID",
+            nan_text="diverged",
         )
     return figs
