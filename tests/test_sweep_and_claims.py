@@ -307,3 +307,20 @@ def test_markdown_table() -> None:
     assert markdown_table(df[["kid"]], floatfmt="{:.2f}") == "| kid |\n|---|\n| 0.12 |\n| 2.00 |"
     assert markdown_table(pd.DataFrame({"x": [float("nan")]})) == "| x |\n|---|\n| nan |"
     assert markdown_table(df.iloc[:0]) == "| method | kid | params | holds |\n|---|---|---|---|"
+
+
+def test_sweep_heat_maps_share_one_colour_scale_and_mark_diverged_cells() -> None:
+    from spire_pipeline.pipelines.robustness_sweep.nodes import plot_sweep_heatmaps
+
+    table = sweep_table().assign(extractor="efficientnet_lite0_64px")
+    table.loc[
+        (table["method"] == "bitfit") & (table["lr"] == 1e-2) & (table["epochs"] == 2), "kid_mean"
+    ] = np.nan
+    figs = plot_sweep_heatmaps(table)
+    assert set(figs) == {"spire", "bitfit"}
+    scales = {m: f.axes[0].images[0].get_clim() for m, f in figs.items()}
+    # one scale over both methods: min 0.13 (spire 1e-3 x 2), max 1.1 (bitfit 1e-3 x 1)
+    for clim in scales.values():
+        assert clim == pytest.approx((0.13, 1.1))
+    assert "diverged" in {t.get_text() for t in figs["bitfit"].axes[0].texts}
+    assert "diverged" not in {t.get_text() for t in figs["spire"].axes[0].texts}

@@ -19,13 +19,15 @@ def heatmap(
     fmt: str = "{:.0f}",
     cmap: str = "viridis",
     nan_text: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Figure:
     """An annotated heat map (rows x columns); NaN cells are blank, labelled ``nan_text``."""
     values = np.asarray(values, dtype=float)
     width = max(4.8, 2.5 + 0.55 * len(col_labels))
     fig = Figure(figsize=(width, 1.4 + 0.32 * len(row_labels)))
     ax = fig.add_subplot()
-    im = ax.imshow(values, cmap=cmap, aspect="auto")
+    im = ax.imshow(values, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(col_labels)), labels=list(col_labels))
     ax.set_yticks(range(len(row_labels)), labels=list(row_labels), fontsize=8)
     ax.set_title(title)

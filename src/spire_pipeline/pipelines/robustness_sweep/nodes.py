@@ -56,12 +56,21 @@ def run_sweep(
 
 
 def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
-    """One heat map per method: median KID over clients for each (lr, epochs) cell."""
-    figs = {}
-    for method, sub in table.groupby("method"):
-        grid = sub.pivot_table(
+    """One heat map per method: median KID over clients for each (lr, epochs) cell.
+
+    All methods share one colour scale, so that their maps can be compared side by side.
+    """
+    grids = {
+        method: sub.pivot_table(
             index="lr", columns="epochs", values="kid_mean", aggfunc="median", dropna=False
         )
+        for method, sub in table.groupby("method")
+    }
+    finite = np.concatenate([g.to_numpy().ravel() for g in grids.values()] or [np.empty(0)])
+    finite = finite[np.isfinite(finite)]
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
+    figs = {}
+    for method, grid in grids.items():
         figs[method] = heatmap(
             grid.to_numpy(),
             row_labels=[f"{v:g}" for v in grid.index],
@@ -73,5 +82,7 @@ def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
             ylabel="learning rate",
             cbar_label="KID",
             nan_text="diverged",
+            vmin=vmin,
+            vmax=vmax,
         )
     return figs
