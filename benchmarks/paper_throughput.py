@@ -1,7 +1,8 @@
 """Seconds per round and peak GPU memory of every pretraining method at `conf/paper` scale.
 
-Partitions the raw images with the env's `data_partitioning` parameters (merged over
-`conf/base`, as `kedro run --env` does), then runs its `federated_pretraining` methods for a few
+Partitions the catalog's `raw_train` and `raw_test` with the env's `data_partitioning`
+parameters (catalog and parameters merged over `conf/base`, as `kedro run --env` does) through
+the pipeline's own node, then runs its `federated_pretraining` methods for a few
 rounds each through the core API (the code the Kedro nodes call) and projects the time of the
 full run. The first method runs `--rounds` rounds, so that its last round shows the warm speed;
 the others run `--rounds-others`.
@@ -12,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
 
+from spire_pipeline.pipelines.data_partitioning.nodes import partition_clients
+from spire_pipeline.pipelines.federated_pretraining.nodes import seen_clients
 from spire_pipeline.spire.config import PretrainingConfig
-from spire_pipeline.spire.diffusion import to_model_space
-from spire_pipeline.spire.federated import ClientData, pretrain
-from spire_pipeline.spire.idx import read_idx
+from spire_pipeline.spire.federated import pretrain
 from spire_pipeline.spire.model import resolve_device
-from spire_pipeline.spire.partition import PartitionConfig, partition
-
-RAW = "data/01_raw/fashion-mnist/"
 
 
 def main() -> None:
@@ -32,14 +30,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rounds-others", type=int, default=1)
     args = parser.parse_args()
-    params = OmegaConfigLoader("conf", base_env="base", default_run_env=args.env)["parameters"]
-    sets = ("train", "t10k")
-    images = np.concatenate([read_idx(f"{RAW}{s}-images-idx3-ubyte.gz") for s in sets])
-    labels = np.concatenate([read_idx(f"{RAW}{s}-labels-idx1-ubyte.gz") for s in sets])
-    splits = partition(images, labels, PartitionConfig(**params["data_partitioning"]))
-    clients = [
-        ClientData(s.client, to_model_space(s.train_images)) for s in splits if s.role == "seen"
-    ]
+    conf = OmegaConfigLoader("conf", base_env="base", default_run_env=args.env)
+    params = conf["parameters"]
+    catalog = DataCatalog.from_config(conf["catalog"])
+    raw = (catalog.load("raw_train"), catalog.load("raw_test"))
+    client_splits, _ = partition_clients(*raw, params["data_partitioning"])
+    clients, _ = seen_clients(client_splits)
     full = PretrainingConfig(**params["federated_pretraining"])
     cfg = full.model_copy(update={"resume": False})
     device = resolve_device(cfg.device)

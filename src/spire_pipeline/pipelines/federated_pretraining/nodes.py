@@ -25,7 +25,8 @@ from spire_pipeline.spire.validation import validate_params
 log = logging.getLogger(__name__)
 
 
-def _seen_clients(client_splits: dict) -> tuple[list[ClientData], dict[str, list[int]]]:
+def seen_clients(client_splits: dict) -> tuple[list[ClientData], dict[str, list[int]]]:
+    """The seen clients' train splits in model space, and each one's classes."""
     splits = splits_from_partitions(client_splits)
     seen = [s for s in splits.values() if s.role == "seen"]
     data = [ClientData(s.client, to_model_space(s.train_images)) for s in seen]
@@ -40,7 +41,7 @@ def pretrain_methods(
     cfg = validate_params(PretrainingConfig, params, "federated_pretraining")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    clients, _ = _seen_clients(client_splits)
+    clients, _ = seen_clients(client_splits)
     n_params = count_parameters(build_backbone(cfg.backbone))
     dim = 4 * cfg.backbone.block_out_channels[0]
     log.info(
