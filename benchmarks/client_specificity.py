@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from spire_pipeline.datasets import ModelBundleDataset
 from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.generate import generate
+from spire_pipeline.spire.methods import PRETRAINING
 
 
 def train_classifier(
@@ -78,7 +79,8 @@ def main() -> None:
         classes = np.unique(s.train_labels)
         row = []
         for m, b in bundles.items():
-            imgs = generate(b, s.client if m == "spire" else None, args.samples, args.seed + k)
+            client = s.client if PRETRAINING[m].per_client else None
+            imgs = generate(b, client, args.samples, args.seed + k)
             row.append(float(np.isin(predict(net, imgs), classes).mean()))
         table.append(row)
         names = ",".join(str(c) for c in classes)

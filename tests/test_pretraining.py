@@ -36,7 +36,8 @@ from spire_pipeline.spire.federated import (
     select_clients,
 )
 from spire_pipeline.spire.generate import generate
-from spire_pipeline.spire.model import HEAD_PREFIXES, head_names
+from spire_pipeline.spire.methods import HEAD_PREFIXES
+from spire_pipeline.spire.model import head_names
 from spire_pipeline.spire.validation import ParameterError, validate_params
 
 SECTION = "federated_pretraining"

@@ -1,7 +1,8 @@
 """Unseen-client adaptation: SPIRE's new embedding and the parameter-efficient baselines.
 
 Every method trains with the shared :func:`~spire_pipeline.spire.training.local_train`, on the
-unseen client's train split only. What is trained:
+unseen client's train split only. What each method trains and starts from is its spec in
+:data:`~spire_pipeline.spire.methods.ADAPTATION`:
 
 ===============  =========================================  ======================
 method           trained tensors                            starts from
@@ -32,26 +33,20 @@ from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, LocalTrainConfig
 from spire_pipeline.spire.diffusion import make_scheduler
 from spire_pipeline.spire.federated import ClientData, derive_seed
+from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.model import (
     backbone_sha,
     build_backbone,
     count_parameters,
     embedding_dim,
-    head_names,
     load_partial,
     resolve_device,
     state_of,
 )
 from spire_pipeline.spire.training import LocalResult, ParamGroup, local_train
 
-BASE = {
-    "spire": "spire",
-    "full_finetune": "fedavg",
-    "lora": "fedavg",
-    "bitfit": "fedavg",
-    "head": "fedavg",
-    "scratch": None,
-}
+#: adaptation method -> the pretrained method it starts from (``None``: random initialisation)
+BASE = {name: spec.base for name, spec in ADAPTATION.items()}
 LORA_TARGETS = ["conv1", "conv2", "time_emb_proj"]
 
 
@@ -105,7 +100,8 @@ def base_model(
     method: str, pretrained: dict[str, ModelBundle], cfg: AdaptationConfig, seed: int
 ) -> tuple[UNet2DModel, ModelBundle | None]:
     """The model an adaptation method starts from (frozen), with LoRA injected for ``lora``."""
-    base = BASE[method]
+    spec = ADAPTATION[method]
+    base = spec.base
     if base is None:
         any_bundle = next(iter(pretrained.values()))
         model = build_backbone(any_bundle.backbone_cfg, seed=seed)
@@ -118,7 +114,7 @@ def base_model(
             )
         base_bundle = pretrained[base]
         model, _ = base_bundle.build(None)
-    if method == "lora":
+    if spec.uses_lora:
         # peft draws lora_A's init from the global RNG: seed it (without touching the global
         # state), so that an adaptation is reproducible and a sweep snapshot equals a shorter run
         with torch.random.fork_rng(devices=[]):
@@ -130,18 +126,9 @@ def base_model(
 
 def trainable_names(method: str, model: UNet2DModel) -> list[str]:
     """Names of the model tensors a method trains (none for ``spire``: only its embedding)."""
-    names = [n for n, _ in model.named_parameters()]
-    if method == "spire":
-        return []
-    if method in ("full_finetune", "scratch"):
-        return names
-    if method == "lora":
-        return [n for n in names if "lora_" in n]
-    if method == "bitfit":
-        return [n for n in names if n.endswith(".bias")]
-    if method == "head":
-        return head_names(model)
-    raise ValueError(f"unknown adaptation method {method!r}")
+    if method not in ADAPTATION:
+        raise ValueError(f"unknown adaptation method {method!r}")
+    return ADAPTATION[method].trainable_names(model)
 
 
 def adapt(
@@ -158,6 +145,7 @@ def adapt(
     ``snapshot_steps``: also return the adapted parameters as they were after these steps.
     """
     local = local or cfg.local
+    spec = ADAPTATION[method]
     seed = derive_seed(cfg.seed, "adapt", method, client.client)
     model, base_bundle = base_model(method, pretrained, cfg, seed)
     backbone_cfg = next(iter(pretrained.values())).backbone_cfg
@@ -169,7 +157,7 @@ def adapt(
     names = trainable_names(method, model)
     groups = [ParamGroup({n: params[n] for n in names}, local.lr, local.weight_decay)]
     emb = None
-    if method == "spire":
+    if spec.conditional:
         emb = initial_embedding(cfg.embedding_init, base_bundle, dim, seed).to(device)
         groups = [ParamGroup({"embedding": emb}, local.embedding_lr)]
     zero = torch.zeros(dim, device=device)
@@ -178,10 +166,10 @@ def adapt(
         return model(x, t, class_labels=zero.expand(x.shape[0], -1) if c is None else c).sample
 
     info = {
-        "base": BASE[method],
+        "base": spec.base,
         "lora_rank": cfg.lora_rank,
         "lora_alpha": cfg.lora_alpha,
-        "embedding_init": cfg.embedding_init if method == "spire" else None,
+        "embedding_init": cfg.embedding_init if spec.conditional else None,
     }
 
     def pack(params: dict[str, torch.Tensor], extra: dict) -> ModelBundle:
@@ -224,9 +212,9 @@ def adapt(
     )
     seconds = time.perf_counter() - start
     sha_after = backbone_sha(state_of(model))
-    if method == "spire" and sha_after != sha_before:
-        raise RuntimeError(f"spire adaptation of {client.client} changed the frozen backbone")
-    bundle = pack(result.params, {"backbone_sha": sha_after if method == "spire" else None})
+    if spec.conditional and sha_after != sha_before:
+        raise RuntimeError(f"{method} adaptation of {client.client} changed the frozen backbone")
+    bundle = pack(result.params, {"backbone_sha": sha_after if spec.conditional else None})
     for snap in snapshots.values():
         snap.info["backbone_sha"] = bundle.info["backbone_sha"]
     n_trained = sum(v.numel() for g in groups for v in g.params.values())
@@ -242,7 +230,7 @@ def build_adapted(
         model = build_backbone(adapted.backbone_cfg)
     else:
         model, _ = pretrained[base].build(None)
-    if adapted.method == "lora":
+    if ADAPTATION[adapted.method].uses_lora:
         add_lora(model, adapted.info["lora_rank"], adapted.info["lora_alpha"])
     if client in adapted.local:
         load_partial(model, adapted.local[client])

@@ -16,6 +16,8 @@ from spire_pipeline.spire.config import BackboneConfig, DiffusionConfig
 from spire_pipeline.spire.model import build_backbone, embedding_dim, load_partial
 
 Tensors = dict[str, torch.Tensor]
+#: key prefix of per-client tensors -> the bundle attribute holding them
+_PER_CLIENT = {"head": "heads", "local": "local"}
 
 
 @dataclass
@@ -85,5 +87,5 @@ class ModelBundle:
                 b.embeddings[rest] = v
             else:
                 client, name = rest.split("/", 1)
-                getattr(b, "heads" if kind == "head" else "local").setdefault(client, {})[name] = v
+                getattr(b, _PER_CLIENT[kind]).setdefault(client, {})[name] = v
         return b

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from spire_pipeline.spire.methods import PRETRAINING, PROPOSED
+
 #: a method "matches" another when its median KID is within this factor
 MATCH_FACTOR = 1.10
 
@@ -23,7 +25,7 @@ def check_claims(
     """One row per claim: what was measured and whether the claim holds on these numbers."""
     rows = []
     seen = _median(kid_summary, "pretrained", "seen")
-    others = {m: v for m, v in seen.items() if m not in ("spire", "centralized")}
+    others = {m: v for m, v in seen.items() if m != PROPOSED and not PRETRAINING[m].pooled}
     if "spire" in seen and others:
         best = min(others, key=others.get)
         rows.append(

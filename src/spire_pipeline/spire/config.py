@@ -14,8 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-PRETRAINING_METHODS = ("spire", "fedavg", "fedper", "local", "centralized")
-ADAPTATION_METHODS = ("spire", "full_finetune", "lora", "bitfit", "head", "scratch")
+from spire_pipeline.spire.methods import ADAPTATION_METHODS, PRETRAINING_METHODS
 
 
 class _Strict(BaseModel):

@@ -24,14 +24,15 @@ from spire_pipeline.spire.config import KIDConfig
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
 from spire_pipeline.spire.kid import kid
+from spire_pipeline.spire.methods import ADAPTATION, PRETRAINING
 from spire_pipeline.spire.model import backbone_sha, resolve_device
 
 log = logging.getLogger(__name__)
 
 #: pretraining methods whose model for a client is conditioned on, or owned by, that client
-PERSONAL = {"spire", "centralized", "fedper", "local"}
+PERSONAL = {m for m, spec in PRETRAINING.items() if spec.per_client}
 #: adaptation methods that change weights shared with the seen clients (and so may forget)
-SHARED_WEIGHTS = {"full_finetune", "lora", "bitfit", "head"}
+SHARED_WEIGHTS = {m for m, spec in ADAPTATION.items() if spec.shares_weights}
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def adapted_jobs(
     for key, b in sorted(adapted.items()):
         method, client = key.split("__")
         source = f"adapted/{method}/{client}"
-        cond = client if method == "spire" else None
+        spec = ADAPTATION[method]
+        cond = client if spec.conditional else None
         jobs.append(
             EvalJob(
                 client,
@@ -107,7 +109,7 @@ def adapted_jobs(
                 bundle=b,
             )
         )
-        if method in SHARED_WEIGHTS:
+        if spec.shares_weights:
             for s in seen:
                 jobs.append(
                     EvalJob(
@@ -122,8 +124,8 @@ def adapted_jobs(
                         adapted_to=client,
                     )
                 )
-        elif method == "spire":
-            base = pretrained["spire"]
+        elif spec.conditional:
+            base = pretrained[spec.base]
             if b.info.get("backbone_sha") != backbone_sha(base.backbone):
                 raise RuntimeError(f"spire adaptation to {client} changed the shared backbone")
             for s in seen:
@@ -255,7 +257,7 @@ def forgetting_table(table: pd.DataFrame) -> pd.DataFrame:
     before = table[(table["phase"] == "pretrained") & (table["role"] == "seen")]
     rows = []
     for method, sub in after.groupby("method"):
-        base = "spire" if method == "spire" else "fedavg"
+        base = ADAPTATION[method].base
         b = before[before["method"] == base]
         if b.empty:
             continue

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.diffusion import make_scheduler
+from spire_pipeline.spire.methods import PRETRAINING
 from spire_pipeline.spire.model import (
     build_backbone,
     embedding_dim,
-    head_names,
     init_embeddings,
     load_partial,
     resolve_device,
@@ -36,7 +36,6 @@ from spire_pipeline.spire.training import ClientTrainingError, ParamGroup, local
 
 log = logging.getLogger(__name__)
 
-CONDITIONAL = {"spire", "centralized"}
 #: bump when the checkpoint layout changes, so that old checkpoints are not resumed
 CHECKPOINT_FORMAT = 2
 
@@ -154,20 +153,20 @@ class ClientUpdate:
 class Trainer:
     """Local training of one method on one client, starting from the server's backbone.
 
-    Used by every engine: the in-process loop below, and a federated client process.
+    What the method trains, keeps and sends comes from its spec (:mod:`.methods`).
     """
 
     def __init__(self, method: str, cfg: PretrainingConfig) -> None:
         self.method, self.cfg = method, cfg
+        self.spec = PRETRAINING[method]
         self.device = resolve_device(cfg.device)
         self.model = build_backbone(cfg.backbone, seed=derive_seed(cfg.seed, "init"))
         self.model.to(self.device).requires_grad_(False)
         self.scheduler = make_scheduler(cfg.diffusion)
         self.dim = embedding_dim(self.model)
-        self.personal_head = head_names(self.model) if method == "fedper" else []
-        names = [n for n, _ in self.model.named_parameters()]
-        #: the backbone arrays a client uploads (FedPer keeps its head)
-        self.uploaded = [n for n in names if n not in self.personal_head]
+        self.personal_head = self.spec.personal_names(self.model) if self.spec.personal_head else []
+        #: the backbone arrays a client uploads (none when the method does not federate)
+        self.uploaded = self.spec.shared_names(self.model)
         self._zero = torch.zeros(self.dim, device=self.device)
 
     def initial_backbone(self) -> dict[str, torch.Tensor]:
@@ -176,7 +175,7 @@ class Trainer:
     def initial_client_state(self, index: int, num_clients: int) -> ClientState:
         """A client's own state before its first round."""
         emb = None
-        if self.method in CONDITIONAL:
+        if self.spec.conditional:
             table = init_embeddings(
                 num_clients,
                 self.dim,
@@ -186,7 +185,7 @@ class Trainer:
             )
             emb = table[index].clone().to(self.device)
         head = state_of(self.model, self.personal_head) if self.personal_head else None
-        model = state_of(self.model) if self.method == "local" else None
+        model = state_of(self.model) if self.spec.personal_model else None
         return ClientState(emb, head, model)
 
     def denoise(self, x, t, c):
@@ -227,7 +226,7 @@ class Trainer:
             head={n: res.params[n] for n in self.personal_head} if self.personal_head else None,
             model=state_of(self.model) if state.model is not None else None,
         )
-        upload = {} if self.method == "local" else {n: res.params[n] for n in self.uploaded}
+        upload = {n: res.params[n] for n in self.uploaded}
         return ClientUpdate(upload, client.num_samples, res.final_loss), new_state
 
 
@@ -270,7 +269,7 @@ def pretrain(
     )
     for r in range(server.round, cfg.rounds):
         t0 = time.perf_counter()
-        if method == "centralized":
+        if trainer.spec.pooled:
             selected = list(range(len(ids)))
             losses, failed = _train_centralized(trainer, server, states, clients, r)
         else:
@@ -288,13 +287,9 @@ def pretrain(
                 losses[ids[k]] = update.loss
                 if update.upload:
                     avg.add(update.upload, update.num_samples)
-            if method != "local" and losses:
+            if trainer.spec.federated and losses:
                 server.backbone = {**server.backbone, **avg.result(server.backbone)}
-        sent = (
-            0
-            if method in ("local", "centralized")
-            else state_bytes({n: server.backbone[n] for n in trainer.uploaded})
-        )
+        sent = state_bytes({n: server.backbone[n] for n in trainer.uploaded})
         server.history.append(
             {
                 "method": method,
@@ -323,7 +318,7 @@ def pretrain(
         method=method,
         backbone_cfg=cfg.backbone,
         diffusion_cfg=cfg.diffusion,
-        backbone={} if method == "local" else server.backbone,
+        backbone={} if trainer.spec.personal_model else server.backbone,
         embeddings={c: s.embedding for c, s in zip(ids, states) if s.embedding is not None},
         heads={c: s.head for c, s in zip(ids, states) if s.head is not None},
         local={c: s.model for c, s in zip(ids, states) if s.model is not None},

@@ -15,10 +15,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
+from spire_pipeline.spire import methods
 from spire_pipeline.spire.config import BackboneConfig
-
-#: parameter-name prefixes of the personal output head (FedPer, the ``head`` baseline)
-HEAD_PREFIXES = ("conv_norm_out.", "conv_out.")
 
 
 def build_backbone(cfg: BackboneConfig, seed: int | None = None) -> UNet2DModel:
@@ -56,7 +54,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def head_names(model: nn.Module) -> list[str]:
     """Names of the output-head parameters (kept per client by FedPer)."""
-    return [n for n, _ in model.named_parameters() if n.startswith(HEAD_PREFIXES)]
+    return methods.head_names(n for n, _ in model.named_parameters())
 
 
 def state_of(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, SweepConfig
 from spire_pipeline.spire.evaluation import EvalJob
 from spire_pipeline.spire.federated import ClientData
+from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.training import ClientTrainingError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def sweep_jobs(
         for epochs, step in steps.items():
             b = a.snapshots[step]
             source = f"sweep/{method}/{client.client}/{lr:g}/{epochs}"
-            cond = client.client if method == "spire" else None
+            cond = client.client if ADAPTATION[method].conditional else None
             jobs.append(
                 EvalJob(
                     client.client,

@@ -17,6 +17,7 @@ from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.federated import ClientData, config_fingerprint, derive_seed, pretrain
 from spire_pipeline.spire.generate import generate
+from spire_pipeline.spire.methods import PRETRAINING
 from spire_pipeline.spire.model import build_backbone, count_parameters
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import image_grid, line_plot
@@ -123,7 +124,7 @@ def plot_sample_grids(
     for method, bundle in resolve(bundles).items():
         rows, labels = [], []
         for k, s in enumerate(seen):
-            client = s.client if method in ("spire", "centralized", "fedper", "local") else None
+            client = s.client if PRETRAINING[method].per_client else None
             fake = generate(bundle, client, n, seed=derive_seed(cfg.seed, "grid", k))
             rows.append(np.concatenate([s.train_images[:3], fake]))
             labels.append(f"{s.client} {sorted(np.unique(s.train_labels).tolist())}")
