@@ -460,7 +460,7 @@ def test_raw_data_from_npz_needs_no_code_change(tmp_path, fashion_mnist) -> None
 
     assert set(outputs) == {"client_splits", "partition_metrics", "partition_heatmap"}
     cfg = params["data_partitioning"]
-    n_clients = cfg["num_seen_clients"] + cfg["num_unseen_clients"]
+    n_clients = cfg["num_seen_clients"] + cfg["num_unseen_clients"] + cfg["num_tuning_clients"]
     split_dir = tmp_path / "data" / "05_model_input" / "client_splits" / version
     assert len(list(split_dir.glob("*.npz"))) == n_clients
     splits = {

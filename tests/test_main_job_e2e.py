@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from spire_pipeline.spire.partition import client_names
+from spire_pipeline.spire.partition import client_names, role_names
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,14 @@ def quick(section: str) -> dict:
 @pytest.fixture(scope="module")
 def clients() -> tuple[list[str], list[str]]:
     p = quick("data_partitioning")
-    return client_names(p["num_seen_clients"], p["num_unseen_clients"])
+    return client_names(p["num_seen_clients"], p["num_unseen_clients"], p["num_tuning_clients"])
+
+
+@pytest.fixture(scope="module")
+def tuning_clients() -> list[str]:
+    p = quick("data_partitioning")
+    names = role_names(p["num_seen_clients"], p["num_unseen_clients"], p["num_tuning_clients"])
+    return names["tuning"]
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +134,11 @@ def test_kid_table(main_run, clients) -> None:
         "extractor",
     }
     assert columns <= set(table.columns)
-    assert set(table["client"]) == set(seen + unseen)
-    assert set(table["phase"]) == {"pretrained", "adapted", "after_adaptation"}
+    assert set(table["client"]) == set(seen + unseen)  # never a tuning client
+    assert set(table["phase"]) == {"pretrained", "adapted"}
     pretrained = table[table["phase"] == "pretrained"]
     assert set(pretrained["client"]) == set(seen + unseen)
     assert set(table[table["phase"] == "adapted"]["client"]) == set(unseen)
-    assert set(table[table["phase"] == "after_adaptation"]["client"]) == set(seen)
     methods = set(quick("client_adaptation")["methods"])
     assert set(table[table["phase"] == "adapted"]["method"]) == methods
     for u in unseen:  # every method adapted to every unseen client
@@ -146,6 +152,32 @@ def test_kid_table(main_run, clients) -> None:
     assert extractor == f"{kid_params['extractor']}_{kid_params['image_size']}px"
     assert (table["n_generated"] == kid_params["num_generated"]).all()
     assert (table["n_real"] <= kid_params["max_real"]).all()
+
+
+def test_tuning_tables(main_run, tuning_clients) -> None:
+    """Every method was tuned on the tuning clients with the same grid, and the evaluation
+    clients were adapted with each method's choice."""
+    project, _ = main_run
+    params = quick("client_adaptation")
+    grid = pd.read_csv(versioned(project, "data/07_model_output/tuning_table.csv"))
+    assert set(grid["client"]) == set(tuning_clients)
+    expected = {
+        (m, lr, e)
+        for m in params["methods"]
+        for lr in params["tuning"]["learning_rates"]
+        for e in params["tuning"]["epochs"]
+    }
+    assert set(zip(grid["method"], grid["lr"], grid["epochs"])) == expected
+    choices = pd.read_csv(versioned(project, "data/07_model_output/adaptation_choices.csv"))
+    assert list(choices["method"]) == params["methods"]
+    assert set(choices["source"]) == {"tuning"}
+    assert set(choices["lr"]) <= set(params["tuning"]["learning_rates"])
+    adaptation = pd.read_csv(versioned(project, "data/07_model_output/adaptation_table.csv"))
+    chosen = dict(zip(choices["method"], choices["lr"]))
+    assert all(chosen[m] == lr for m, lr in zip(adaptation["method"], adaptation["lr"]))
+    validation = pd.read_csv(versioned(project, "data/07_model_output/pretraining_validation.csv"))
+    assert set(validation["method"]) == set(quick("federated_pretraining")["methods"])
+    assert np.isfinite(validation["val_loss"]).all()
 
 
 def test_reporting_tables(main_run, clients) -> None:
@@ -169,9 +201,16 @@ def test_reporting_tables(main_run, clients) -> None:
     assert set(unseen_table["method"]) == set(methods)
     forgetting = pd.read_csv(versioned(project, "data/08_reporting/forgetting_table.csv"))
     f = forgetting.set_index("method")
-    assert f.loc["spire", "worst_difference"] == 0.0  # same backbone, same samples
+    assert {"spire", "full_finetune", "lora", "bitfit", "head"} <= set(f.index)
+    assert "scratch" not in f.index  # serves nobody else: nothing to forget
+    assert (f["adaptations"] == quick("kid_evaluation")["forgetting_clients"]).all()
+    assert np.isfinite(f[["change", "ci_low", "ci_high", "noise_band"]].to_numpy(float)).all()
     claims = pd.read_csv(versioned(project, "data/08_reporting/claims.csv"))
-    assert list(claims.columns) == ["claim", "measured", "holds"] and len(claims) >= 3
+    assert {"claim", "verdict", "effect", "ci_low", "ci_high", "n_clients", "holds"} <= set(
+        claims.columns
+    )
+    assert [c.split(".")[0] for c in claims["claim"]] == ["1", "2", "3", "4", "5"]
+    assert set(claims["verdict"]) <= {"holds", "fails", "inconclusive"}
     report = versioned(project, "data/08_reporting/report.md").read_text()
     assert report.startswith("# SPIRE run report") and "## Claims" in report
     assert versioned(project, "data/08_reporting/kid_summary.csv").is_file()
@@ -233,7 +272,8 @@ def test_registry_lists_every_pipeline(main_run, kedro_cli) -> None:
 # ----------------------------------------------------------------------------- robustness sweep
 
 
-def test_robustness_sweep_after_the_main_job(sweep_run, clients) -> None:
+def test_robustness_sweep_after_the_main_job(sweep_run, tuning_clients) -> None:
+    """The sweep runs on the tuning clients (never on the evaluation clients)."""
     project, result = sweep_run
     assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
     params = quick("robustness_sweep")
@@ -242,11 +282,10 @@ def test_robustness_sweep_after_the_main_job(sweep_run, clients) -> None:
         (m, c, lr, e)
         for m, c, lr, e in zip(table["method"], table["client"], table["lr"], table["epochs"])
     }
-    _, unseen = clients
     expected = {
         (m, c, lr, e)
         for m in params["methods"]
-        for c in unseen[: params["clients"]]
+        for c in tuning_clients[: params["clients"]]
         for lr in params["learning_rates"]
         for e in params["epochs"]
     }

@@ -22,11 +22,13 @@ QUICK = dict(
     alpha=0.3,
     classes_per_client=2,
     num_seen_clients=4,
-    num_unseen_clients=2,
+    num_tuning_clients=2,
+    num_unseen_clients=3,
     seen_client_size=300,
     unseen_train_size=64,
     test_fraction=0.2,
     min_test_size=48,
+    validation_fraction=0.1,
 )
 
 BAD_VALUES = [
@@ -37,6 +39,9 @@ BAD_VALUES = [
     ("num_seen_clients", 0),
     ("num_seen_clients", -3),
     ("num_unseen_clients", -1),
+    ("num_tuning_clients", -1),
+    ("validation_fraction", 1.0),
+    ("validation_fraction", -0.1),
     ("classes_per_client", 0),
     ("seen_client_size", 0),
     ("seen_client_size", -300),

@@ -112,15 +112,40 @@ class KIDConfig(_Strict):
     batch_size: PositiveInt = 100
     cache_dir: str | None = "data/04_feature/kid_cache"
     device: str = "auto"
+    #: forgetting: adaptations to the first N evaluation clients (None: all of them) ...
+    forgetting_clients: PositiveInt | None = 4
+    #: ... against this many independent draws of each pretrained model (the measure's noise)
+    forgetting_draws: int = Field(3, ge=2)
+
+
+EmbeddingInit = Literal["zeros", "mean_seen", "random", "retrieval"]
+
+
+class TuningConfig(_Strict):
+    """The grid every adaptation method is tuned on, on the tuning clients (the same cells for
+    every method); ``embedding_inits``: the initialisations a conditional method chooses from."""
+
+    learning_rates: list[PositiveFloat] = Field([1e-4, 1e-3, 1e-2, 1e-1], min_length=1)
+    epochs: list[PositiveInt] = Field([2, 8], min_length=1)
+    embedding_inits: list[EmbeddingInit] = Field(
+        ["zeros", "mean_seen", "random", "retrieval"], min_length=1
+    )
+    num_generated: PositiveInt = 50
 
 
 class AdaptationConfig(_Strict):
-    """Parameters of ``client_adaptation``."""
+    """Parameters of ``client_adaptation``.
+
+    With tuning clients, each method's learning rate and epochs (and a conditional method's
+    embedding initialisation) are chosen on them from ``tuning``; ``local.lr``, ``local.steps``
+    and ``embedding_init`` are the values used when there are no tuning clients.
+    """
 
     seed: int = 0
     methods: list[Literal[ADAPTATION_METHODS]] = list(ADAPTATION_METHODS)  # type: ignore[valid-type]
-    embedding_init: Literal["zeros", "mean_seen", "random"] = "mean_seen"
+    embedding_init: EmbeddingInit = "mean_seen"
     local: LocalTrainConfig = LocalTrainConfig(steps=200, lr=1e-3, embedding_lr=5e-2)
+    tuning: TuningConfig = TuningConfig()
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
     device: str = "auto"
@@ -135,3 +160,24 @@ class SweepConfig(_Strict):
     epochs: list[PositiveInt] = [1, 5, 20]
     clients: PositiveInt | None = 2
     num_generated: PositiveInt = 64
+
+
+class ClaimsConfig(_Strict):
+    """Parameters of ``reporting``: how the claims are decided (see ``spire.claims``)."""
+
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: PositiveInt = 10_000
+    seed: int = 0
+    #: claim 1: "matches" = not worse than a baseline by more than this share of its median KID
+    noninferiority_margin: float = Field(0.1, ge=0)
+    #: claim 5: the error's slope against log10(dimension), relative to the error's mean
+    theory_dimension_margin: PositiveFloat = 0.5
+    #: claim 5: the band the slope of log10(error) against log10(n) must lie in (-1/2 expected)
+    theory_n_slope: tuple[float, float] = (-0.7, -0.3)
+
+    @model_validator(mode="after")
+    def _band(self) -> ClaimsConfig:
+        lo, hi = self.theory_n_slope
+        if not lo < -0.5 < hi:
+            raise ValueError(f"theory_n_slope must contain -0.5, got {list(self.theory_n_slope)}")
+        return self

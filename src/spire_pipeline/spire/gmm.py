@@ -408,6 +408,8 @@ class LineFit:
     ci_high: float
     stderr: float
     points: int
+    #: mean of the fitted ``y`` (the scale a slope is judged relative to)
+    y_mean: float = float("nan")
 
 
 def fit_line(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> LineFit:
@@ -415,14 +417,14 @@ def fit_line(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> LineFit:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(np.unique(x)) < 2 or len(x) < 3:
         nan = float("nan")
-        return LineFit(nan, nan, nan, nan, nan, len(x))
+        return LineFit(nan, nan, nan, nan, nan, len(x), float(np.mean(y)) if len(y) else nan)
     xc = x - x.mean()
     slope = float(xc @ (y - y.mean()) / (xc @ xc))
     intercept = float(y.mean() - slope * x.mean())
     resid = y - intercept - slope * x
     stderr = float(math.sqrt(resid @ resid / (len(x) - 2) / (xc @ xc)))
     half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 2)) * stderr
-    return LineFit(slope, intercept, slope - half, slope + half, stderr, len(x))
+    return LineFit(slope, intercept, slope - half, slope + half, stderr, len(x), float(y.mean()))
 
 
 def cell_means(columns: dict[str, np.ndarray], value: np.ndarray) -> dict[str, np.ndarray]:

@@ -21,8 +21,10 @@ def heatmap(
     nan_text: str = "",
     vmin: float | None = None,
     vmax: float | None = None,
+    nan_labels: np.ndarray | None = None,
 ) -> Figure:
-    """An annotated heat map (rows x columns); NaN cells are blank, labelled ``nan_text``."""
+    """An annotated heat map (rows x columns); NaN cells are blank, labelled ``nan_text`` (or
+    by ``nan_labels[i, j]`` when given)."""
     values = np.asarray(values, dtype=float)
     width = max(4.8, 2.5 + 0.55 * len(col_labels))
     fig = Figure(figsize=(width, 1.4 + 0.32 * len(row_labels)))
@@ -37,8 +39,9 @@ def heatmap(
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
                 if not np.isfinite(values[i, j]):
-                    if nan_text:
-                        ax.text(j, i, nan_text, ha="center", va="center", fontsize=6)
+                    text = nan_text if nan_labels is None else str(nan_labels[i, j])
+                    if text:
+                        ax.text(j, i, text, ha="center", va="center", fontsize=6)
                 else:
                     ax.text(
                         j,

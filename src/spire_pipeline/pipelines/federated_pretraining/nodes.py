@@ -17,6 +17,7 @@ from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.federated import ClientData, config_fingerprint, derive_seed, pretrain
 from spire_pipeline.spire.generate import generate
+from spire_pipeline.spire.heldout import validation_table
 from spire_pipeline.spire.methods import PRETRAINING
 from spire_pipeline.spire.model import build_backbone, count_parameters
 from spire_pipeline.spire.partition import splits_from_partitions
@@ -95,6 +96,23 @@ def pretrain_methods(
             np.mean([h["seconds"] for h in history]) if history else np.nan,
         )
     return bundles, pd.DataFrame(rows), metrics
+
+
+def validate_pretrained(
+    bundles: dict[str, ModelBundle], client_splits: dict, params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict]:
+    """DDPM loss of every method on the seen clients' validation images (held out)."""
+    cfg = validate_params(PretrainingConfig, params, "federated_pretraining")
+    images = {
+        s.client: to_model_space(s.val_images)
+        for s in splits_from_partitions(client_splits).values()
+        if s.role == "seen"
+    }
+    table = validation_table(resolve(bundles), images, cfg.seed)
+    per_method = table.groupby("method")["val_loss"].mean()
+    log.info("Validation loss (seen clients' held-out images):\n%s", per_method.to_string())
+    metrics = {f"{m}.val_loss": {"value": float(v), "step": 0} for m, v in per_method.items()}
+    return table, metrics
 
 
 def client_embeddings_table(bundles: dict[str, ModelBundle]) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from spire_pipeline.pipelines.federated_pretraining.nodes import (
     plot_loss_curves,
     plot_sample_grids,
     pretrain_methods,
+    validate_pretrained,
 )
 
 
@@ -19,6 +20,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["client_splits", "params:federated_pretraining"],
                 outputs=["pretrained_models", "pretraining_history", "pretraining_metrics"],
                 name="pretrain_methods",
+            ),
+            Node(
+                validate_pretrained,
+                inputs=["pretrained_models", "client_splits", "params:federated_pretraining"],
+                outputs=["pretraining_validation", "pretraining_validation_metrics"],
+                name="validate_pretrained",
             ),
             Node(
                 client_embeddings_table,

@@ -17,39 +17,30 @@ from spire_pipeline.spire.evaluation import (
     adapted_jobs,
     cached_features,
     evaluate,
-    forgetting_table,
+    extractor_label,
+    kid_extractor,
     kid_summary,
     pretrained_jobs,
 )
-from spire_pipeline.spire.features import build_feature_extractor
-from spire_pipeline.spire.model import resolve_device
+from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import grouped_bars, image_grid
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
 
-
-def _extractor(cfg: KIDConfig):
-    return build_feature_extractor(
-        cfg.extractor,
-        cfg.image_size,
-        batch_size=cfg.batch_size,
-        device=str(resolve_device(cfg.device)),
-    )
-
-
-def extractor_label(extractor) -> str:
-    """The extractor's name and input size: KID values are comparable only when both agree."""
-    return f"{extractor.name}_{extractor.image_size}px"
+#: the roles whose clients are evaluated (tuning clients only choose hyperparameters)
+EVALUATED_ROLES = ("seen", "unseen")
 
 
 def real_features(client_splits: dict, params: dict[str, Any]) -> dict[str, np.ndarray]:
     """Features of each client's held-out test images (cached while data and extractor agree)."""
     cfg = validate_params(KIDConfig, params, "kid_evaluation")
-    extractor = _extractor(cfg)
+    extractor = kid_extractor(cfg)
     tests = {
-        c: s.test_images[: cfg.max_real] for c, s in splits_from_partitions(client_splits).items()
+        c: s.test_images[: cfg.max_real]
+        for c, s in splits_from_partitions(client_splits).items()
+        if s.role in EVALUATED_ROLES
     }
     return cached_features(
         tests,
@@ -69,31 +60,57 @@ def evaluate_kid(
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """KID of every (client, method, phase) against the client's test split.
 
-    Phases: ``pretrained`` (every client, every pretrained method), ``adapted`` (unseen clients,
-    every adaptation method) and ``after_adaptation`` (seen clients, with the shared weights as
-    they are after adapting to each unseen client: the forgetting measurement).
+    Phases: ``pretrained`` (seen and evaluation clients, every pretrained method that has a
+    model for them) and ``adapted`` (evaluation clients, every adaptation method).
     """
     cfg = validate_params(KIDConfig, params, "kid_evaluation")
     start = time.perf_counter()
     splits = splits_from_partitions(client_splits)
-    roles = {c: s.role for c, s in splits.items()}
+    roles = {c: s.role for c, s in splits.items() if s.role in EVALUATED_ROLES}
     pretrained = resolve(pretrained_models)
     jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
         resolve(adapted_models), pretrained, roles
     )
-    extractor = _extractor(cfg)
+    extractor = kid_extractor(cfg)
     table, grids = evaluate(jobs, real_features, extractor, extractor_label(extractor), cfg)
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
     samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
     return table, samples
 
 
+def evaluate_forgetting(
+    client_splits: dict,
+    pretrained_models: dict,
+    adapted_models: dict,
+    real_features: dict[str, np.ndarray],
+    params: dict[str, Any],
+) -> pd.DataFrame:
+    """KID of the seen population's samples against the pooled seen test images, before and
+    after adapting each method to the first ``forgetting_clients`` evaluation clients."""
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    splits = splits_from_partitions(client_splits)
+    seen = sorted(c for c, s in splits.items() if s.role == "seen")
+    unseen = sorted(c for c, s in splits.items() if s.role == "unseen")
+    extractor = kid_extractor(cfg)
+    return forgetting_kid(
+        resolve(adapted_models),
+        resolve(pretrained_models),
+        seen,
+        np.concatenate([real_features[c] for c in seen]),
+        extractor,
+        extractor_label(extractor),
+        cfg,
+        adapted_clients=unseen[: cfg.forgetting_clients],
+        draws=cfg.forgetting_draws,
+    )
+
+
 def summarize_kid(
-    table: pd.DataFrame, adaptation_table: pd.DataFrame
+    table: pd.DataFrame, forgetting_kid_table: pd.DataFrame, adaptation_table: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Summary, forgetting and unseen-client tables, and the MLflow metrics (named by extractor)."""
     summary = kid_summary(table)
-    forgetting = forgetting_table(table)
+    forgetting = forgetting_summary(forgetting_kid_table)
     unseen = unseen_client_table(table, adaptation_table)
     log.info("KID summary:\n%s", summary.to_string(index=False))
     log.info("Unseen clients:\n%s", unseen.to_string(index=False))
@@ -105,7 +122,7 @@ def summarize_kid(
     for r in summary.itertuples():
         metrics[f"{ext}.{r.phase}.{r.role}.{r.method}.median"] = {"value": r.kid_median, "step": 0}
     for r in forgetting.itertuples():
-        metrics[f"{ext}.forgetting.{r.method}"] = {"value": r.difference, "step": 0}
+        metrics[f"{ext}.forgetting.{r.method}"] = {"value": r.change, "step": 0}
     return summary, forgetting, unseen, metrics
 
 

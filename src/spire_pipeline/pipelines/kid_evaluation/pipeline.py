@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from spire_pipeline.pipelines.kid_evaluation.nodes import (
+    evaluate_forgetting,
     evaluate_kid,
     plot_kid_bars,
     plot_kid_sample_grids,
@@ -34,8 +35,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_kid",
             ),
             Node(
+                evaluate_forgetting,
+                inputs=[
+                    "client_splits",
+                    "pretrained_models",
+                    "adapted_models",
+                    "kid_real_features",
+                    "params:kid_evaluation",
+                ],
+                outputs="forgetting_kid",
+                name="evaluate_forgetting",
+            ),
+            Node(
                 summarize_kid,
-                inputs=["kid_table", "adaptation_table"],
+                inputs=["kid_table", "forgetting_kid", "adaptation_table"],
                 outputs=["kid_summary", "forgetting_table", "unseen_client_table", "kid_metrics"],
                 name="summarize_kid",
             ),

@@ -9,25 +9,36 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from spire_pipeline.spire.claims import check_claims, markdown_table
+from spire_pipeline.spire.config import ClaimsConfig
+from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
 
 
 def summarize_claims(
-    kid_summary: pd.DataFrame,
-    unseen_client_table: pd.DataFrame,
+    kid_table: pd.DataFrame,
+    adaptation_table: pd.DataFrame,
     forgetting_table: pd.DataFrame,
+    tuning_table: pd.DataFrame,
     gmm_theory_slopes: pd.DataFrame,
-) -> tuple[pd.DataFrame, dict]:
-    """Which of the paper's claims hold on this run's numbers."""
-    claims = check_claims(kid_summary, unseen_client_table, forgetting_table, gmm_theory_slopes)
-    log.info("Claims:\n%s", claims.to_string(index=False))
-    # named by the claim's own number (DESIGN's numbering; 4 is the sweep's, not checked here)
-    metrics = {
-        f"claim{claim.split('.')[0]}_holds": {"value": float(h), "step": 0}
-        for claim, h in zip(claims["claim"], claims["holds"])
-    }
-    return claims, metrics
+    params: dict,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Each of the paper's claims decided on this run's numbers: verdict, effect and CI."""
+    cfg = validate_params(ClaimsConfig, params, "reporting")
+    claims, comparisons = check_claims(
+        kid_table, adaptation_table, forgetting_table, tuning_table, gmm_theory_slopes, cfg
+    )
+    shown = claims[["claim", "verdict", "effect", "ci_low", "ci_high", "n_clients"]]
+    log.info("Claims:\n%s", shown.to_string(index=False))
+    metrics = {}
+    for r in claims.itertuples():
+        number = r.claim.split(".")[0]  # DESIGN's numbering
+        metrics[f"claim{number}_holds"] = {"value": float(r.holds), "step": 0}
+        for key in ("effect", "ci_low", "ci_high"):
+            value = float(getattr(r, key))
+            if np.isfinite(value):
+                metrics[f"claim{number}_{key}"] = {"value": value, "step": 0}
+    return claims, comparisons, metrics
 
 
 def write_report(
@@ -38,6 +49,8 @@ def write_report(
     forgetting_table: pd.DataFrame,
     gmm_theory_slopes: pd.DataFrame,
     claims: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    adaptation_choices: pd.DataFrame,
 ) -> str:
     """A markdown report of the run (data, pretraining, KID, adaptation, forgetting, theory)."""
     last = pretraining_history.groupby("method").agg(
@@ -50,13 +63,17 @@ def write_report(
     parts = [
         "# SPIRE run report",
         "## Claims",
-        markdown_table(claims),
+        markdown_table(claims.drop(columns=["holds"])),
+        "### Paired comparisons behind the claims (SPIRE - baseline, median over clients)",
+        markdown_table(comparisons),
         "## Clients",
         markdown_table(partition_table),
         "## Federated pretraining",
         markdown_table(last.reset_index()),
         "## Per-client KID (median over clients)",
         markdown_table(kid_summary),
+        "## Adaptation hyperparameters chosen on the tuning clients",
+        markdown_table(adaptation_choices),
         "## Unseen clients: adaptation",
         markdown_table(unseen_client_table),
         "## Forgetting (seen-client KID before and after adapting)",

@@ -12,12 +12,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 summarize_claims,
                 inputs=[
-                    "kid_summary",
-                    "unseen_client_table",
+                    "kid_table",
+                    "adaptation_table",
                     "forgetting_table",
+                    "tuning_table",
                     "gmm_theory_slopes",
+                    "params:reporting",
                 ],
-                outputs=["claims_table", "claims_metrics"],
+                outputs=["claims_table", "claims_comparisons", "claims_metrics"],
                 name="summarize_claims",
             ),
             Node(
@@ -30,6 +32,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "forgetting_table",
                     "gmm_theory_slopes",
                     "claims_table",
+                    "claims_comparisons",
+                    "adaptation_choices",
                 ],
                 outputs="run_report",
                 name="write_report",

@@ -10,12 +10,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from spire_pipeline.datasets.partitions import resolve
-from spire_pipeline.pipelines.client_adaptation.nodes import unseen_clients
-from spire_pipeline.pipelines.kid_evaluation.nodes import _extractor, extractor_label
+from spire_pipeline.pipelines.client_adaptation.nodes import tuning_data
 from spire_pipeline.spire.config import AdaptationConfig, KIDConfig, SweepConfig
 from spire_pipeline.spire.evaluation import evaluate
 from spire_pipeline.spire.plots import heatmap
-from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary
+from spire_pipeline.spire.sweep import cell_table, sweep_jobs, sweep_summary, with_diverged
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -24,27 +23,30 @@ log = logging.getLogger(__name__)
 def run_sweep(
     client_splits: dict,
     pretrained_models: dict,
-    real_features: dict[str, np.ndarray],
     sweep_params: dict[str, Any],
     adaptation_params: dict[str, Any],
     kid_params: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Adapt on the grid and measure KID of every cell on the client's test split."""
+    """Adapt on the grid and measure KID of every cell on the tuning client's test split.
+
+    The sweep runs on the tuning clients: the evaluation clients' test splits only report the
+    main job's results.
+    """
     sweep = validate_params(SweepConfig, sweep_params, "robustness_sweep")
     adaptation = validate_params(AdaptationConfig, adaptation_params, "client_adaptation")
     kid_cfg = validate_params(KIDConfig, kid_params, "kid_evaluation")
     kid_cfg = kid_cfg.model_copy(update={"num_generated": sweep.num_generated, "seed": sweep.seed})
-    clients = unseen_clients(client_splits)[: sweep.clients]
-    jobs, diverged = sweep_jobs(resolve(pretrained_models), clients, sweep, adaptation)
-    extractor = _extractor(kid_cfg)
-    ext = extractor_label(extractor)
-    table, _ = evaluate(jobs, real_features, extractor, ext, kid_cfg)
-    if diverged:  # kept as rows with no KID, so that the grid shows where training failed
-        failed = pd.DataFrame(diverged).assign(
-            role="unseen", phase="sweep", kid_mean=np.nan, extractor=ext
+    clients, features, extractor, ext = tuning_data(client_splits, kid_cfg)
+    if not clients:
+        raise ValueError(
+            "robustness_sweep runs on the tuning clients, and the partition has none: set "
+            "data_partitioning.num_tuning_clients"
         )
-        table = pd.concat([table, failed], ignore_index=True)
-    table["diverged"] = table["kid_mean"].isna()
+    data = [c.data for c in clients[: sweep.clients]]
+    jobs, diverged = sweep_jobs(resolve(pretrained_models), data, sweep, adaptation, role="tuning")
+    table, _ = evaluate(jobs, features, extractor, ext, kid_cfg)
+    # diverged runs are kept as rows with no KID, so that the grid shows where training failed
+    table = with_diverged(table, diverged, ext)
     summary = sweep_summary(table)
     log.info("Robustness sweep:\n%s", summary.to_string(index=False))
     metrics = {
@@ -58,14 +60,14 @@ def run_sweep(
 def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
     """One heat map per method: median KID over clients for each (lr, epochs) cell.
 
-    All methods share one colour scale, so that their maps can be compared side by side.
+    All methods share one colour scale, so that their maps can be compared side by side. A cell
+    in which any client diverged is blank and says how many did ("1/2 diverged").
     """
-    grids = {
-        method: sub.pivot_table(
-            index="lr", columns="epochs", values="kid_mean", aggfunc="median", dropna=False
-        )
-        for method, sub in table.groupby("method")
-    }
+    cells = cell_table(table)
+    grids, status = {}, {}
+    for method, sub in cells.groupby("method"):
+        grids[method] = sub.pivot(index="lr", columns="epochs", values="kid_mean")
+        status[method] = sub.pivot(index="lr", columns="epochs", values="status")
     finite = np.concatenate([g.to_numpy().ravel() for g in grids.values()] or [np.empty(0)])
     finite = finite[np.isfinite(finite)]
     vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
@@ -81,7 +83,7 @@ def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
             xlabel="epochs",
             ylabel="learning rate",
             cbar_label="KID",
-            nan_text="diverged",
+            nan_labels=status[method].to_numpy(),
             vmin=vmin,
             vmax=vmax,
         )
