@@ -102,6 +102,20 @@ def make_sampler(train_scheduler: DDPMScheduler, cfg: DiffusionConfig, steps: in
     return s
 
 
+def guided(
+    denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, w: float
+) -> torch.Tensor:
+    """The noise prediction with guidance ``w`` towards ``c`` and away from the null embedding
+    (one forward pass when w is 1 or 0, or there is no condition)."""
+    if c is None or w == 1.0:
+        return denoise(x, t, c)
+    null = torch.zeros_like(c)
+    if w == 0.0:
+        return denoise(x, t, null)
+    eps_null = denoise(x, t, null)
+    return eps_null + w * (denoise(x, t, c) - eps_null)
+
+
 @torch.inference_mode()
 def sample(
     denoise: Denoiser,
@@ -114,12 +128,15 @@ def sample(
     progress: bool = False,
     desc: str = "sampling",
     device: torch.device | str = "cpu",
+    guidance: float = 1.0,
 ) -> np.ndarray:
     """Draw ``num`` images conditioned on ``cond``: one vector, broadcast over the batch, or one
     row per image (``(num, D)``: a population of clients in one run).
 
     The starting noise and a stochastic sampler's noise come from one generator seeded with
-    ``seed``, so the same seed gives the same images.
+    ``seed``, so the same seed gives the same images. ``guidance`` w (personalisation guidance,
+    for a model pretrained with embedding dropout): ``eps = eps_null + w (eps_cond - eps_null)``
+    with the null (zero) embedding; w = 1 is plain conditional sampling, w = 0 the null model.
     """
     out = []
     g = torch.Generator().manual_seed(seed)
@@ -135,7 +152,7 @@ def sample(
         else:
             c = cond.to(device).reshape(1, -1).expand(n, -1)
         for t in sampler.timesteps:
-            eps = denoise(x, t.to(device).expand(n), c)
+            eps = guided(denoise, x, t.to(device).expand(n), c, guidance)
             # t stays where the sampler's own timesteps are (the CPU): DDPM looks it up there
             x = sampler.step(eps, t, x, generator=g).prev_sample
         out.append(to_uint8(x))
