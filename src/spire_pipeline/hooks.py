@@ -23,6 +23,7 @@ PARAMETER_MODELS: dict[str, str] = {
     "client_adaptation": "spire_pipeline.spire.config:AdaptationConfig",
     "robustness_sweep": "spire_pipeline.spire.config:SweepConfig",
     "gmm_theory": "spire_pipeline.spire.gmm:GMMTheoryConfig",
+    "dataset": "spire_pipeline.spire.config:DatasetConfig",
 }
 
 

@@ -135,3 +135,11 @@ class SweepConfig(_Strict):
     epochs: list[PositiveInt] = [1, 5, 20]
     clients: PositiveInt | None = 2
     num_generated: PositiveInt = 64
+
+
+class DatasetConfig(_Strict):
+    """Parameters of ``dataset``: what the raw images are, for figures and the report."""
+
+    name: str = ""
+    #: class names in label order (label k is ``class_names[k]``); empty: figures show numbers
+    class_names: list[str] = []

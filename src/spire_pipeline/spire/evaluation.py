@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from spire_pipeline.spire.adaptation import build_adapted
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import KIDConfig
+from spire_pipeline.spire.features import FeatureExtractor, build_feature_extractor, extractor_label
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
 from spire_pipeline.spire.kid import kid
@@ -33,6 +34,21 @@ log = logging.getLogger(__name__)
 PERSONAL = {m for m, spec in PRETRAINING.items() if spec.per_client}
 #: adaptation methods that change weights shared with the seen clients (and so may forget)
 SHARED_WEIGHTS = {m for m, spec in ADAPTATION.items() if spec.shares_weights}
+
+
+def kid_extractor(cfg: KIDConfig) -> FeatureExtractor:
+    """The feature extractor that ``cfg`` names, on ``cfg.device``."""
+    return build_feature_extractor(
+        cfg.extractor,
+        cfg.image_size,
+        batch_size=cfg.batch_size,
+        device=str(resolve_device(cfg.device)),
+    )
+
+
+def kid_extractor_label(cfg: KIDConfig) -> str:
+    """The extractor's name and input size (part of every KID metric's name)."""
+    return extractor_label(cfg.extractor, cfg.image_size)
 
 
 @dataclass(frozen=True)
@@ -275,3 +291,48 @@ def forgetting_table(table: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def real_reference(
+    real_features: dict[str, np.ndarray],
+    roles: dict[str, str],
+    cfg: KIDConfig,
+    extractor_name: str,
+) -> pd.DataFrame:
+    """KID between two random halves of each client's real test features.
+
+    KID is unbiased, so two samples of one distribution give 0 in expectation; what this
+    measures is how far from 0 KID lands at this sample size (its noise floor). The subsets are
+    as large as those of the model KIDs (``cfg.max_subset_size``, capped by the half size).
+    """
+    rows = []
+    for client in sorted(real_features):
+        feats = np.asarray(real_features[client])
+        half = len(feats) // 2
+        if half < 2:
+            log.warning("KID reference: %s has %d test images, too few to halve", client, half)
+            continue
+        order = np.random.default_rng(derive_seed(cfg.seed, "reference", client)).permutation(
+            len(feats)
+        )
+        a, b = feats[order[:half]], feats[order[half : 2 * half]]
+        mean, std = kid(
+            a,
+            b,
+            num_subsets=cfg.num_subsets,
+            max_subset_size=cfg.max_subset_size,
+            seed=derive_seed(cfg.seed, "reference-subsets", client),
+        )
+        rows.append(
+            {
+                "client": client,
+                "role": roles.get(client, ""),
+                "kid_mean": mean,
+                "kid_std": std,
+                "n_half": half,
+                "subset_size": min(cfg.max_subset_size, half),
+                "extractor": extractor_name,
+            }
+        )
+    columns = ["client", "role", "kid_mean", "kid_std", "n_half", "subset_size", "extractor"]
+    return pd.DataFrame(rows, columns=columns)

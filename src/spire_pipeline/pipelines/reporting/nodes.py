@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from spire_pipeline.spire.claims import check_claims, markdown_table
+from spire_pipeline.spire.plots import efficiency
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +67,6 @@ def write_report(
     return "\n\n".join(parts) + "\n"
 
 
-def plot_efficiency(unseen_client_table: pd.DataFrame) -> Figure:
+def plot_efficiency(unseen_client_table: pd.DataFrame, kid_reference: pd.DataFrame) -> Figure:
     """Unseen-client KID against the number of parameters each method trains (log x)."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for r in unseen_client_table.itertuples():
-        ax.scatter(r.trained_params, r.kid_median, s=40)
-        ax.annotate(
-            r.method,
-            (r.trained_params, r.kid_median),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="parameters trained per unseen client (log)",
-        ylabel=f"median unseen-client KID ({unseen_client_table['extractor'].iloc[0]})",
-        title="Adaptation: quality vs parameters trained",
-    )
-    ax.grid(alpha=0.3)
-    ymin = float(np.nanmin(unseen_client_table["kid_median"]))
-    ax.set_ylim(bottom=min(0.0, ymin))
-    fig.tight_layout()
-    return fig
+    return efficiency(unseen_client_table, kid_reference)

@@ -36,7 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_efficiency,
-                inputs="unseen_client_table",
+                inputs=["unseen_client_table", "kid_reference_table"],
                 outputs="efficiency_plot",
                 name="plot_efficiency",
             ),

@@ -11,10 +11,9 @@ from matplotlib.figure import Figure
 
 from spire_pipeline.datasets.partitions import resolve
 from spire_pipeline.pipelines.client_adaptation.nodes import unseen_clients
-from spire_pipeline.pipelines.kid_evaluation.nodes import _extractor, extractor_label
 from spire_pipeline.spire.config import AdaptationConfig, KIDConfig, SweepConfig
-from spire_pipeline.spire.evaluation import evaluate
-from spire_pipeline.spire.plots import heatmap
+from spire_pipeline.spire.evaluation import evaluate, kid_extractor, kid_extractor_label
+from spire_pipeline.spire.plots import sweep_heatmaps
 from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary
 from spire_pipeline.spire.validation import validate_params
 
@@ -36,9 +35,8 @@ def run_sweep(
     kid_cfg = kid_cfg.model_copy(update={"num_generated": sweep.num_generated, "seed": sweep.seed})
     clients = unseen_clients(client_splits)[: sweep.clients]
     jobs, diverged = sweep_jobs(resolve(pretrained_models), clients, sweep, adaptation)
-    extractor = _extractor(kid_cfg)
-    ext = extractor_label(extractor)
-    table, _ = evaluate(jobs, real_features, extractor, ext, kid_cfg)
+    ext = kid_extractor_label(kid_cfg)
+    table, _ = evaluate(jobs, real_features, kid_extractor(kid_cfg), ext, kid_cfg)
     if diverged:  # kept as rows with no KID, so that the grid shows where training failed
         failed = pd.DataFrame(diverged).assign(
             role="unseen", phase="sweep", kid_mean=np.nan, extractor=ext
@@ -56,33 +54,6 @@ def run_sweep(
 
 
 def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
-    """One heat map per method: median KID over clients for each (lr, epochs) cell.
-
-    All methods share one colour scale, so that their maps can be compared side by side.
-    """
-    grids = {
-        method: sub.pivot_table(
-            index="lr", columns="epochs", values="kid_mean", aggfunc="median", dropna=False
-        )
-        for method, sub in table.groupby("method")
-    }
-    finite = np.concatenate([g.to_numpy().ravel() for g in grids.values()] or [np.empty(0)])
-    finite = finite[np.isfinite(finite)]
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
-    figs = {}
-    for method, grid in grids.items():
-        figs[method] = heatmap(
-            grid.to_numpy(),
-            row_labels=[f"{v:g}" for v in grid.index],
-            col_labels=[str(c) for c in grid.columns],
-            fmt="{:.2f}",
-            cmap="magma_r",
-            title=f"{method}: median KID over clients\n{table['extractor'].iloc[0]}",
-            xlabel="epochs",
-            ylabel="learning rate",
-            cbar_label="KID",
-            nan_text="diverged",
-            vmin=vmin,
-            vmax=vmax,
-        )
-    return figs
+    """One heat map per method: median KID over clients for each (lr, epochs) cell, on one
+    colour scale shared by all methods."""
+    return sweep_heatmaps(table)
