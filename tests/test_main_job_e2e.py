@@ -7,6 +7,7 @@ Run with ``pytest -s`` to see how long each run took.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from spire_pipeline.spire.partition import client_names
+from spire_pipeline.spire.report import ROBUSTNESS_COMMAND
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +111,9 @@ def test_main_job_succeeds(main_run) -> None:
     _, result = main_run
     assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
     assert "Parameters validated" in result.flat_output, result.tail()
+    # the run's last word says where the report is
+    tail = result.flat_output.split("Pipeline execution completed successfully")[-1]
+    assert "Report: data/08_reporting/latest/report.md" in tail, result.tail()
 
 
 def test_kid_table(main_run, clients) -> None:
@@ -172,8 +177,19 @@ def test_reporting_tables(main_run, clients) -> None:
     assert f.loc["spire", "worst_difference"] == 0.0  # same backbone, same samples
     claims = pd.read_csv(versioned(project, "data/08_reporting/claims.csv"))
     assert list(claims.columns) == ["claim", "measured", "holds"] and len(claims) >= 3
-    report = versioned(project, "data/08_reporting/report.md").read_text()
+    folder = project / "data/08_reporting/report"
+    report = (folder / one_version(folder) / "report.md").read_text()
     assert report.startswith("# SPIRE run report") and "## Claims" in report
+    assert ROBUSTNESS_COMMAND in report  # claim 4 is listed, with how to check it
+    latest = project / "data/08_reporting/latest"
+    assert (latest / "report.md").read_text() == report
+    links = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
+    assert "figures/kid_bar_chart.png" in links and len(links) >= 10, links
+    for link in links:
+        assert (latest / link).read_bytes()[:8] == PNG_MAGIC, link
+    reference = pd.read_csv(versioned(project, "data/08_reporting/kid_reference_table.csv"))
+    assert set(reference["client"]) == set(clients[0] + clients[1])
+    assert np.isfinite(reference["kid_mean"].to_numpy(float)).all()
     assert versioned(project, "data/08_reporting/kid_summary.csv").is_file()
     for png in ("kid_bar_chart.png", "efficiency.png"):
         assert versioned(project, f"data/08_reporting/{png}").read_bytes()[:8] == PNG_MAGIC
@@ -185,7 +201,7 @@ def test_reporting_tables(main_run, clients) -> None:
             "data/08_reporting/unseen_client_table.csv",
             "data/08_reporting/forgetting_table.csv",
             "data/08_reporting/claims.csv",
-            "data/08_reporting/report.md",
+            "data/08_reporting/report",
             "data/07_model_output/adaptation_table.csv",
             "data/06_models/pretrained",
             "data/06_models/adapted",
@@ -219,7 +235,8 @@ def test_mlflow_metrics_and_artifacts(main_run) -> None:
         "kid_evaluation/kid_table.csv",
         "client_adaptation/adaptation_table.csv",
         "reporting/claims.csv",
-        "reporting/report.md",
+        "reporting/run_report/report.md",
+        "reporting/run_report/figures/kid_bar_chart.png",
     } <= files
 
 
