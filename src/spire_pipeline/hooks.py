@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 #: parameters.yml section -> "module:Model" of the pydantic model that validates it
 PARAMETER_MODELS: dict[str, str] = {
-    "data_partitioning": "spire_pipeline.spire.partition:PartitionConfig",
+    "data_partitioning": "spire_pipeline.spire.config:PartitionConfig",
     "federated_pretraining": "spire_pipeline.spire.config:PretrainingConfig",
     "kid_evaluation": "spire_pipeline.spire.config:KIDConfig",
     "client_adaptation": "spire_pipeline.spire.config:AdaptationConfig",
     "robustness_sweep": "spire_pipeline.spire.config:SweepConfig",
-    "gmm_theory": "spire_pipeline.spire.gmm:GMMTheoryConfig",
+    "gmm_theory": "spire_pipeline.spire.config:GMMTheoryConfig",
     "dataset": "spire_pipeline.spire.config:DatasetConfig",
 }
 

@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from spire_pipeline.spire.config import DatasetConfig
+from spire_pipeline.spire.config import DatasetConfig, PartitionConfig
 from spire_pipeline.spire.partition import (
-    PartitionConfig,
     partition,
     partition_statistics,
     partition_table,
