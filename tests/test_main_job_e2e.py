@@ -1,5 +1,6 @@
 """End to end: the main job ``kedro run --env quick`` (``__default__``: partitioning,
-pretraining, adaptation, KID, theory, reporting) in a copy of the project, then
+pretraining, adaptation, KID, theory, reporting) in a copy of the project (the session's
+``quick_main_job``, shared with the notebook test), then
 ``kedro run --env quick --pipeline robustness_sweep`` in the same copy.
 
 Run with ``pytest -s`` to see how long each run took.
@@ -34,7 +35,6 @@ PIPELINES = {
     "reporting",
     "__default__",
 }
-MAIN_TIMEOUT_S = 600
 SWEEP_TIMEOUT_S = 300
 
 
@@ -50,14 +50,10 @@ def clients() -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def main_run(make_project_copy, run_kedro):
-    """A private project copy in which the quick main job has completed."""
-    project = make_project_copy("main_job_e2e")
-    start = time.perf_counter()
-    result = run_kedro(project, "--env", "quick", timeout=MAIN_TIMEOUT_S)
-    seconds = time.perf_counter() - start
-    print(f"\n[timing] kedro run --env quick (__default__): {seconds:.1f} s")
-    return project, result
+def main_run(quick_main_job):
+    """The project copy in which the quick main job has completed (shared by the session)."""
+    print(f"\n[timing] kedro run --env quick (__default__): {quick_main_job.seconds:.1f} s")
+    return quick_main_job.project, quick_main_job.result
 
 
 @pytest.fixture(scope="module")
