@@ -24,7 +24,7 @@ from kedro.io import DataCatalog
 from spire_pipeline.pipelines.data_partitioning.nodes import partition_clients
 from spire_pipeline.spire.config import KIDConfig, PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
-from spire_pipeline.spire.evaluation import extractor_label, kid_extractor
+from spire_pipeline.spire.evaluation import kid_extractor, kid_extractor_label
 from spire_pipeline.spire.federated import ClientData, derive_seed, pretrain
 from spire_pipeline.spire.generate import generate
 from spire_pipeline.spire.heldout import validation_table
@@ -53,7 +53,7 @@ def main() -> None:
     real = {s.client: extractor(s.val_images) for s in seen}
     base = PretrainingConfig(**params["federated_pretraining"])
     n_val = len(seen[0].val_images)
-    print(f"validation images per seen client: {n_val}; KID {extractor_label(extractor)}")
+    print(f"validation images per seen client: {n_val}; KID {kid_extractor_label(kid_cfg)}")
     print(f"{'method':>8} {'schedule':>9} {'minutes':>8} {'val loss':>9} {'val KID':>8}")
     for method in args.methods.split(","):
         for schedule in args.schedules.split(","):

@@ -455,6 +455,7 @@ def test_raw_data_from_npz_needs_no_code_change(tmp_path, fashion_mnist) -> None
     version = generate_timestamp()
     catalog = DataCatalog.from_config(config, save_version=version)
     catalog["params:data_partitioning"] = params["data_partitioning"]
+    catalog["params:dataset"] = {}  # own images: no class names, figures show label numbers
 
     outputs = SequentialRunner().run(pipeline, catalog)
 

@@ -24,6 +24,7 @@ from spire_pipeline.spire.config import (
     BackboneConfig,
     DiffusionConfig,
     KIDConfig,
+    PartitionConfig,
     PretrainingConfig,
 )
 from spire_pipeline.spire.evaluation import (
@@ -37,7 +38,7 @@ from spire_pipeline.spire.evaluation import (
 from spire_pipeline.spire.features import build_feature_extractor
 from spire_pipeline.spire.federated import ClientData, derive_seed, pretrain
 from spire_pipeline.spire.kid import kid
-from spire_pipeline.spire.partition import PartitionConfig, partition
+from spire_pipeline.spire.partition import partition
 
 SIZE = 16
 SEEN = ["seen_00", "seen_01"]

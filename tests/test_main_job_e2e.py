@@ -1,5 +1,6 @@
 """End to end: the main job ``kedro run --env quick`` (``__default__``: partitioning,
-pretraining, adaptation, KID, theory, reporting) in a copy of the project, then
+pretraining, adaptation, KID, theory, reporting) in a copy of the project (the session's
+``quick_main_job``, shared with the notebook test), then
 ``kedro run --env quick --pipeline robustness_sweep`` in the same copy.
 
 Run with ``pytest -s`` to see how long each run took.
@@ -7,6 +8,7 @@ Run with ``pytest -s`` to see how long each run took.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from spire_pipeline.spire.partition import client_names, role_names
+from spire_pipeline.spire.report import ROBUSTNESS_COMMAND
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +35,6 @@ PIPELINES = {
     "reporting",
     "__default__",
 }
-MAIN_TIMEOUT_S = 600
 SWEEP_TIMEOUT_S = 300
 
 
@@ -55,14 +57,10 @@ def tuning_clients() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def main_run(make_project_copy, run_kedro):
-    """A private project copy in which the quick main job has completed."""
-    project = make_project_copy("main_job_e2e")
-    start = time.perf_counter()
-    result = run_kedro(project, "--env", "quick", timeout=MAIN_TIMEOUT_S)
-    seconds = time.perf_counter() - start
-    print(f"\n[timing] kedro run --env quick (__default__): {seconds:.1f} s")
-    return project, result
+def main_run(quick_main_job):
+    """The project copy in which the quick main job has completed (shared by the session)."""
+    print(f"\n[timing] kedro run --env quick (__default__): {quick_main_job.seconds:.1f} s")
+    return quick_main_job.project, quick_main_job.result
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +114,9 @@ def test_main_job_succeeds(main_run) -> None:
     _, result = main_run
     assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
     assert "Parameters validated" in result.flat_output, result.tail()
+    # the run's last word says where the report is
+    tail = result.flat_output.split("Pipeline execution completed successfully")[-1]
+    assert "Report: data/08_reporting/latest/report.md" in tail, result.tail()
 
 
 def test_kid_table(main_run, clients) -> None:
@@ -211,8 +212,19 @@ def test_reporting_tables(main_run, clients) -> None:
     )
     assert [c.split(".")[0] for c in claims["claim"]] == ["1", "2", "3", "4", "5"]
     assert set(claims["verdict"]) <= {"holds", "fails", "inconclusive"}
-    report = versioned(project, "data/08_reporting/report.md").read_text()
+    folder = project / "data/08_reporting/report"
+    report = (folder / one_version(folder) / "report.md").read_text()
     assert report.startswith("# SPIRE run report") and "## Claims" in report
+    assert ROBUSTNESS_COMMAND in report  # claim 4 is listed, with how to check it
+    latest = project / "data/08_reporting/latest"
+    assert (latest / "report.md").read_text() == report
+    links = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
+    assert "figures/kid_bar_chart.png" in links and len(links) >= 10, links
+    for link in links:
+        assert (latest / link).read_bytes()[:8] == PNG_MAGIC, link
+    reference = pd.read_csv(versioned(project, "data/08_reporting/kid_reference_table.csv"))
+    assert set(reference["client"]) == set(clients[0] + clients[1])
+    assert np.isfinite(reference["kid_mean"].to_numpy(float)).all()
     assert versioned(project, "data/08_reporting/kid_summary.csv").is_file()
     for png in ("kid_bar_chart.png", "efficiency.png"):
         assert versioned(project, f"data/08_reporting/{png}").read_bytes()[:8] == PNG_MAGIC
@@ -224,7 +236,7 @@ def test_reporting_tables(main_run, clients) -> None:
             "data/08_reporting/unseen_client_table.csv",
             "data/08_reporting/forgetting_table.csv",
             "data/08_reporting/claims.csv",
-            "data/08_reporting/report.md",
+            "data/08_reporting/report",
             "data/07_model_output/adaptation_table.csv",
             "data/06_models/pretrained",
             "data/06_models/adapted",
@@ -258,7 +270,8 @@ def test_mlflow_metrics_and_artifacts(main_run) -> None:
         "kid_evaluation/kid_table.csv",
         "client_adaptation/adaptation_table.csv",
         "reporting/claims.csv",
-        "reporting/report.md",
+        "reporting/run_report/report.md",
+        "reporting/run_report/figures/kid_bar_chart.png",
     } <= files
 
 

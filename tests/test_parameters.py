@@ -10,7 +10,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
 from spire_pipeline.hooks import PARAMETER_MODELS, ParameterValidationHook, validate_all
-from spire_pipeline.spire.partition import PartitionConfig
+from spire_pipeline.spire.config import PartitionConfig
 from spire_pipeline.spire.validation import ParameterError, validate_params
 
 REPO = Path(__file__).resolve().parents[1]

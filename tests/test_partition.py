@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from spire_pipeline.spire.config import PartitionConfig
 from spire_pipeline.spire.partition import (
     ClientSplit,
-    PartitionConfig,
     class_columns,
     client_names,
     partition,

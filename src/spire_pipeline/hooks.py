@@ -1,9 +1,14 @@
-"""Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow."""
+"""Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow;
+the run's metadata handed to the report, and the report's path logged last."""
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +22,13 @@ log = logging.getLogger(__name__)
 
 #: parameters.yml section -> "module:Model" of the pydantic model that validates it
 PARAMETER_MODELS: dict[str, str] = {
-    "data_partitioning": "spire_pipeline.spire.partition:PartitionConfig",
+    "data_partitioning": "spire_pipeline.spire.config:PartitionConfig",
     "federated_pretraining": "spire_pipeline.spire.config:PretrainingConfig",
     "kid_evaluation": "spire_pipeline.spire.config:KIDConfig",
     "client_adaptation": "spire_pipeline.spire.config:AdaptationConfig",
     "robustness_sweep": "spire_pipeline.spire.config:SweepConfig",
-    "gmm_theory": "spire_pipeline.spire.gmm:GMMTheoryConfig",
+    "gmm_theory": "spire_pipeline.spire.config:GMMTheoryConfig",
+    "dataset": "spire_pipeline.spire.config:DatasetConfig",
     "reporting": "spire_pipeline.spire.config:ClaimsConfig",
 }
 
@@ -104,3 +110,82 @@ class MlflowArtifactHook:
             mlflow.log_artifacts(str(path), artifact_path=f"{artifact_dir}/{dataset_name}")
         else:
             mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+
+
+def _git_commit(project: Path) -> str:
+    """The checked-out commit (short), marked when the work tree has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(project), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(project), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+def run_metadata(run_params: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run: date, env, pipeline, commit, MLflow run, output version, machine."""
+    active = mlflow.active_run()
+    experiment = mlflow.get_experiment(active.info.experiment_id) if active else None
+    runtime = run_params.get("runtime_params") or {}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "env": run_params.get("env") or "local (conf/base + conf/local)",
+        "pipeline": ", ".join(run_params.get("pipeline_names") or ["__default__"]),
+        "runtime parameters": ", ".join(f"{k}={v}" for k, v in runtime.items()),
+        "git_commit": _git_commit(Path(run_params.get("project_path") or ".")),
+        "mlflow_run_id": active.info.run_id if active else "",
+        "mlflow_experiment": experiment.name if experiment else "",
+        "save_version": run_params.get("run_id", ""),
+        "machine": f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+    }
+
+
+class RunMetadataHook:
+    """Give the report its run metadata before any node runs, and end the run's log with
+    where the report is."""
+
+    METADATA = "run_metadata"
+    REPORT = "run_report"
+
+    def __init__(self) -> None:
+        self._catalog = None
+        self._report_saved = False
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._catalog, self._report_saved = catalog, False
+        if pipeline is not None and self.METADATA in pipeline.inputs():
+            catalog[self.METADATA] = run_metadata(run_params)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
+        self._report_saved |= dataset_name == self.REPORT
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], run_result, pipeline, catalog):
+        if not self._report_saved:
+            return
+        report = catalog.get(self.REPORT)
+        project = Path(run_params.get("project_path") or ".").resolve()
+
+        def shown(path: Path | None) -> str:
+            full = (project / path).resolve() if path is not None else None
+            return str(full.relative_to(project) if full and full.is_relative_to(project) else full)
+
+        latest = getattr(report, "latest_file", None)
+        saved = getattr(report, "saved_file", None)
+        where = f"{shown(latest)} (this run's copy: {shown(saved)})" if latest else shown(saved)
+        log.info("Report: %s", where)

@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from spire_pipeline.hooks import MlflowArtifactHook, ParameterValidationHook
+from spire_pipeline.hooks import MlflowArtifactHook, ParameterValidationHook, RunMetadataHook
 
-HOOKS = (ParameterValidationHook(), MlflowArtifactHook())
+HOOKS = (ParameterValidationHook(), MlflowArtifactHook(), RunMetadataHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -1,8 +1,15 @@
-"""Validated parameters of the SPIRE pipelines (pydantic; one message names a bad value)."""
+"""Validated parameters of every pipeline, in one place (pydantic; extra keys are rejected and
+``validation.validate_params`` turns an error into one message that names the bad value).
+
+One model per ``conf/<env>/parameters_<section>.yml`` section: ``PartitionConfig``
+(``data_partitioning``), ``PretrainingConfig`` (``federated_pretraining``), ``AdaptationConfig``
+(``client_adaptation``), ``KIDConfig`` (``kid_evaluation``), ``SweepConfig``
+(``robustness_sweep``), ``GMMTheoryConfig`` (``gmm_theory``) and ``DatasetConfig`` (``dataset``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -160,6 +167,112 @@ class SweepConfig(_Strict):
     epochs: list[PositiveInt] = [1, 5, 20]
     clients: PositiveInt | None = 2
     num_generated: PositiveInt = 64
+
+
+class DatasetConfig(_Strict):
+    """Parameters of ``dataset``: what the raw images are, for figures and the report."""
+
+    name: str = ""
+    #: class names in label order (label k is ``class_names[k]``); empty: figures show numbers
+    class_names: list[str] = []
+
+
+# --------------------------------------------------------------------------- partitioning
+
+
+class PartitionConfig(BaseModel):
+    """Parameters of ``data_partitioning`` (see ``conf/base/parameters_data_partitioning.yml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    scheme: Literal["dirichlet", "shards"] = "shards"
+    alpha: float = Field(0.3, gt=0)
+    classes_per_client: PositiveInt = 2
+    num_seen_clients: PositiveInt = 10
+    num_unseen_clients: int = Field(4, ge=0)
+    num_tuning_clients: int = Field(0, ge=0)
+    seen_client_size: PositiveInt | None = 2000
+    unseen_train_size: PositiveInt = 200
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    min_test_size: PositiveInt = 100
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> PartitionConfig:
+        if self.seen_client_size is not None and self.seen_client_size <= self.min_test_size:
+            raise ValueError(
+                f"seen_client_size ({self.seen_client_size}) must exceed min_test_size "
+                f"({self.min_test_size}) so that a train split remains"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- theory (gmm.py)
+
+
+class DDPMConfig(BaseModel):
+    """DDPM loss (noise schedule, noise levels, quadrature) and gradient descent on ``b``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(5.0, gt=0)
+    iterations: PositiveInt = 40
+    b_init: float = 0.0
+    num_train_timesteps: PositiveInt = 1000
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    noise_levels: PositiveInt = 8
+    noise_level_sampling: Literal["grid", "random"] = "grid"
+    hermite_nodes: PositiveInt = 12
+
+    @model_validator(mode="after")
+    def _check(self) -> DDPMConfig:
+        if self.beta_end < self.beta_start:
+            raise ValueError(
+                f"beta_end ({self.beta_end}) must be >= beta_start ({self.beta_start})"
+            )
+        if self.noise_levels > self.num_train_timesteps:
+            raise ValueError(
+                f"noise_levels ({self.noise_levels}) must be <= num_train_timesteps "
+                f"({self.num_train_timesteps})"
+            )
+        return self
+
+
+class MLEConfig(BaseModel):
+    """Newton iterations for the maximum-likelihood mixing weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_iterations: PositiveInt = 100
+    tol: float = Field(1e-12, gt=0)
+
+
+class GMMTheoryConfig(BaseModel):
+    """Parameters of ``gmm_theory`` (see ``conf/base/parameters_gmm_theory.yml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0)
+    replicates: int = Field(6, ge=2)
+    dims: list[PositiveInt] = Field(default_factory=lambda: [4**k for k in range(7)], min_length=1)
+    sample_sizes: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [100, 316, 1000, 3162, 10000], min_length=1
+    )
+    pi: float = Field(0.3, gt=0, lt=1)
+    mu_norm: float = Field(2.0, gt=0)
+    sample_in_full_dimension: bool = True
+    confidence: float = Field(0.95, gt=0, lt=1)
+    ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
+    mle: MLEConfig = Field(default_factory=MLEConfig)
+
+    @field_validator("dims", "sample_sizes")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must not repeat, got {values}")
+        return values
 
 
 class ClaimsConfig(_Strict):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from spire_pipeline.spire.adaptation import build_adapted
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import KIDConfig
-from spire_pipeline.spire.features import FeatureExtractor, build_feature_extractor
+from spire_pipeline.spire.features import FeatureExtractor, build_feature_extractor, extractor_label
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
 from spire_pipeline.spire.kid import kid
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def kid_extractor(cfg: KIDConfig) -> FeatureExtractor:
-    """The feature extractor ``cfg`` asks for, on ``cfg.device``."""
+    """The feature extractor that ``cfg`` names, on ``cfg.device``."""
     return build_feature_extractor(
         cfg.extractor,
         cfg.image_size,
@@ -40,9 +40,9 @@ def kid_extractor(cfg: KIDConfig) -> FeatureExtractor:
     )
 
 
-def extractor_label(extractor: FeatureExtractor) -> str:
-    """The extractor's name and input size: KID values are comparable only when both agree."""
-    return f"{extractor.name}_{extractor.image_size}px"
+def kid_extractor_label(cfg: KIDConfig) -> str:
+    """The extractor's name and input size (part of every KID metric's name)."""
+    return extractor_label(cfg.extractor, cfg.image_size)
 
 
 @dataclass(frozen=True)
@@ -219,3 +219,48 @@ def kid_summary(table: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     out["extractor"] = table["extractor"].iloc[0] if len(table) else ""
     return out
+
+
+def real_reference(
+    real_features: dict[str, np.ndarray],
+    roles: dict[str, str],
+    cfg: KIDConfig,
+    extractor_name: str,
+) -> pd.DataFrame:
+    """KID between two random halves of each client's real test features.
+
+    KID is unbiased, so two samples of one distribution give 0 in expectation; what this
+    measures is how far from 0 KID lands at this sample size (its noise floor). The subsets are
+    as large as those of the model KIDs (``cfg.max_subset_size``, capped by the half size).
+    """
+    rows = []
+    for client in sorted(real_features):
+        feats = np.asarray(real_features[client])
+        half = len(feats) // 2
+        if half < 2:
+            log.warning("KID reference: %s has %d test images, too few to halve", client, half)
+            continue
+        order = np.random.default_rng(derive_seed(cfg.seed, "reference", client)).permutation(
+            len(feats)
+        )
+        a, b = feats[order[:half]], feats[order[half : 2 * half]]
+        mean, std = kid(
+            a,
+            b,
+            num_subsets=cfg.num_subsets,
+            max_subset_size=cfg.max_subset_size,
+            seed=derive_seed(cfg.seed, "reference-subsets", client),
+        )
+        rows.append(
+            {
+                "client": client,
+                "role": roles.get(client, ""),
+                "kid_mean": mean,
+                "kid_std": std,
+                "n_half": half,
+                "subset_size": min(cfg.max_subset_size, half),
+                "extractor": extractor_name,
+            }
+        )
+    columns = ["client", "role", "kid_mean", "kid_std", "n_half", "subset_size", "extractor"]
+    return pd.DataFrame(rows, columns=columns)

@@ -17,42 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from spire_pipeline.spire.config import PartitionConfig
 from spire_pipeline.spire.validation import ParameterError
-
-
-class PartitionConfig(BaseModel):
-    """Parameters of ``data_partitioning`` (see ``conf/base/parameters_data_partitioning.yml``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
-    scheme: Literal["dirichlet", "shards"] = "shards"
-    alpha: float = Field(0.3, gt=0)
-    classes_per_client: PositiveInt = 2
-    num_seen_clients: PositiveInt = 10
-    num_unseen_clients: int = Field(4, ge=0)
-    num_tuning_clients: int = Field(0, ge=0)
-    seen_client_size: PositiveInt | None = 2000
-    unseen_train_size: PositiveInt = 200
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    min_test_size: PositiveInt = 100
-    validation_fraction: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _check_sizes(self) -> PartitionConfig:
-        if self.seen_client_size is not None and self.seen_client_size <= self.min_test_size:
-            raise ValueError(
-                f"seen_client_size ({self.seen_client_size}) must exceed min_test_size "
-                f"({self.min_test_size}) so that a train split remains"
-            )
-        return self
-
 
 #: client roles, in the order splits are listed
 ROLES = ("seen", "tuning", "unseen")

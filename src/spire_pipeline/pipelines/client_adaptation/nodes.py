@@ -15,7 +15,7 @@ from spire_pipeline.spire.adaptation import adapt
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, KIDConfig
 from spire_pipeline.spire.diffusion import to_model_space
-from spire_pipeline.spire.evaluation import cached_features, extractor_label, kid_extractor
+from spire_pipeline.spire.evaluation import cached_features, kid_extractor, kid_extractor_label
 from spire_pipeline.spire.federated import ClientData
 from spire_pipeline.spire.partition import ClientSplit, splits_from_partitions
 from spire_pipeline.spire.tuning import TuningClient, chosen_settings, config_choices, tune
@@ -57,7 +57,7 @@ def tuning_data(
         extractor.image_size,
         Path(kid_cfg.cache_dir) if kid_cfg.cache_dir else None,
     )
-    return clients, features, extractor, extractor_label(extractor)
+    return clients, features, extractor, kid_extractor_label(kid_cfg)
 
 
 def tune_adaptation(

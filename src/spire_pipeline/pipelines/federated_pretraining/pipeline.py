@@ -35,7 +35,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_sample_grids,
-                inputs=["pretrained_models", "client_splits", "params:federated_pretraining"],
+                inputs=[
+                    "pretrained_models",
+                    "client_splits",
+                    "params:federated_pretraining",
+                    "params:dataset",
+                ],
                 outputs="pretraining_sample_grids",
                 name="plot_pretraining_sample_grids",
             ),

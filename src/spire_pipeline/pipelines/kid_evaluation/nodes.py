@@ -12,19 +12,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from spire_pipeline.datasets.partitions import resolve
-from spire_pipeline.spire.config import KIDConfig
+from spire_pipeline.spire.config import DatasetConfig, KIDConfig
 from spire_pipeline.spire.evaluation import (
     adapted_jobs,
     cached_features,
     evaluate,
-    extractor_label,
     kid_extractor,
+    kid_extractor_label,
     kid_summary,
     pretrained_jobs,
+    real_reference,
 )
 from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
 from spire_pipeline.spire.partition import splits_from_partitions
-from spire_pipeline.spire.plots import grouped_bars, image_grid
+from spire_pipeline.spire.plots import kid_bars, kid_sample_grid
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ def evaluate_kid(
     jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
         resolve(adapted_models), pretrained, roles
     )
-    extractor = kid_extractor(cfg)
-    table, grids = evaluate(jobs, real_features, extractor, extractor_label(extractor), cfg)
+    table, grids = evaluate(jobs, real_features, kid_extractor(cfg), kid_extractor_label(cfg), cfg)
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
     samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
     return table, samples
@@ -91,14 +91,13 @@ def evaluate_forgetting(
     splits = splits_from_partitions(client_splits)
     seen = sorted(c for c, s in splits.items() if s.role == "seen")
     unseen = sorted(c for c, s in splits.items() if s.role == "unseen")
-    extractor = kid_extractor(cfg)
     return forgetting_kid(
         resolve(adapted_models),
         resolve(pretrained_models),
         seen,
         np.concatenate([real_features[c] for c in seen]),
-        extractor,
-        extractor_label(extractor),
+        kid_extractor(cfg),
+        kid_extractor_label(cfg),
         cfg,
         adapted_clients=unseen[: cfg.forgetting_clients],
         draws=cfg.forgetting_draws,
@@ -141,25 +140,43 @@ def unseen_client_table(kid_table: pd.DataFrame, adaptation_table: pd.DataFrame)
     return out.reset_index().sort_values("kid_median")
 
 
-def plot_kid_bars(table: pd.DataFrame) -> Figure:
+def real_reference_kid(
+    client_splits: dict, real_features: dict[str, np.ndarray], params: dict[str, Any]
+) -> pd.DataFrame:
+    """KID between two halves of each client's test split: how far from 0 KID lands by chance."""
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    roles = {c: s.role for c, s in splits_from_partitions(client_splits).items()}
+    table = real_reference(real_features, roles, cfg, kid_extractor_label(cfg))
+    log.info(
+        "KID of real vs real (two halves of each client's test split): median %.4g, range "
+        "[%.4g, %.4g]",
+        table["kid_mean"].median(),
+        table["kid_mean"].min(),
+        table["kid_mean"].max(),
+    )
+    return table
+
+
+def plot_kid_bars(table: pd.DataFrame, reference: pd.DataFrame) -> Figure:
     """KID per client and method (error bars: std over subsets), one panel per phase."""
-    return grouped_bars(table, title=f"Per-client KID ({table['extractor'].iloc[0]} features)")
+    return kid_bars(table, reference)
 
 
-def plot_kid_sample_grids(client_splits: dict, samples: dict[str, np.ndarray]) -> dict[str, Figure]:
+def plot_kid_sample_grids(
+    client_splits: dict, samples: dict[str, np.ndarray], dataset: dict[str, Any]
+) -> dict[str, Figure]:
     """One figure per client: a row of real test images, then a row per (method, phase)."""
+    class_names = validate_params(DatasetConfig, dataset, "dataset").class_names
     splits = splits_from_partitions(client_splits)
-    per_client: dict[str, list[tuple[str, np.ndarray]]] = {}
+    per_client: dict[str, list[tuple[str, str, np.ndarray]]] = {}
     for key, imgs in sorted(samples.items()):
         client, method, phase = key.split("__")
-        per_client.setdefault(client, []).append((f"{method} ({phase})", imgs))
+        per_client.setdefault(client, []).append((method, phase, imgs))
     figs = {}
     for client, rows in per_client.items():
-        n = max(len(r[1]) for r in rows)
-        real = splits[client].test_images[:n]
-        figs[client] = image_grid(
-            [real] + [r[1] for r in rows],
-            ["real (test)"] + [r[0] for r in rows],
-            title=f"{client}: real test images and samples per method",
+        s = splits[client]
+        n = max(len(r[2]) for r in rows)
+        figs[client] = kid_sample_grid(
+            client, s.test_images[:n], rows, np.unique(s.test_labels).tolist(), class_names
         )
     return figs

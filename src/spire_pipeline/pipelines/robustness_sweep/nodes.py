@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -13,8 +12,8 @@ from spire_pipeline.datasets.partitions import resolve
 from spire_pipeline.pipelines.client_adaptation.nodes import tuning_data
 from spire_pipeline.spire.config import AdaptationConfig, KIDConfig, SweepConfig
 from spire_pipeline.spire.evaluation import evaluate
-from spire_pipeline.spire.plots import heatmap
-from spire_pipeline.spire.sweep import cell_table, sweep_jobs, sweep_summary, with_diverged
+from spire_pipeline.spire.plots import sweep_heatmaps
+from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary, with_diverged
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -58,33 +57,6 @@ def run_sweep(
 
 
 def plot_sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
-    """One heat map per method: median KID over clients for each (lr, epochs) cell.
-
-    All methods share one colour scale, so that their maps can be compared side by side. A cell
-    in which any client diverged is blank and says how many did ("1/2 diverged").
-    """
-    cells = cell_table(table)
-    grids, status = {}, {}
-    for method, sub in cells.groupby("method"):
-        grids[method] = sub.pivot(index="lr", columns="epochs", values="kid_mean")
-        status[method] = sub.pivot(index="lr", columns="epochs", values="status")
-    finite = np.concatenate([g.to_numpy().ravel() for g in grids.values()] or [np.empty(0)])
-    finite = finite[np.isfinite(finite)]
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
-    figs = {}
-    for method, grid in grids.items():
-        figs[method] = heatmap(
-            grid.to_numpy(),
-            row_labels=[f"{v:g}" for v in grid.index],
-            col_labels=[str(c) for c in grid.columns],
-            fmt="{:.2f}",
-            cmap="magma_r",
-            title=f"{method}: median KID over clients\n{table['extractor'].iloc[0]}",
-            xlabel="epochs",
-            ylabel="learning rate",
-            cbar_label="KID",
-            nan_labels=status[method].to_numpy(),
-            vmin=vmin,
-            vmax=vmax,
-        )
-    return figs
+    """One heat map per method: median KID over clients for each (lr, epochs) cell, on one
+    colour scale shared by all methods."""
+    return sweep_heatmaps(table)
