@@ -271,6 +271,13 @@ def claim_theory(slopes: pd.DataFrame, cfg: ClaimsConfig) -> dict:
         f"relative slope vs log10 d {rel.effect:+.3f} [{rel.ci_low:+.3f}, {rel.ci_high:+.3f}] "
         f"per decade; slope vs log10 n {n['slope']:+.3f} [{n['ci_low']:+.3f}, {n['ci_high']:+.3f}]"
     )
+    if ("dim", "err_ddpm_est_true") in s.index:  # the contrast: means estimated, not known
+        est = s.loc[("dim", "err_ddpm_est_true")]
+        scale_est = float(est["y_mean"])
+        measured += (
+            f"; with the means estimated from the samples: {est['slope'] / scale_est:+.3f} "
+            f"[{est['ci_low'] / scale_est:+.3f}, {est['ci_high'] / scale_est:+.3f}] per decade"
+        )
     note = (
         f"holds when the relative dimension slope's CI lies within +-{m} per decade and the "
         f"n slope's CI within [{lo}, {hi}]"

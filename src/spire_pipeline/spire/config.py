@@ -263,6 +263,9 @@ class GMMTheoryConfig(BaseModel):
     pi: float = Field(0.3, gt=0, lt=1)
     mu_norm: float = Field(2.0, gt=0)
     sample_in_full_dimension: bool = True
+    #: also estimate the means from the same samples (spectral; needs the full dimension): the
+    #: contrast whose error does grow with the dimension
+    estimated_means: bool = True
     confidence: float = Field(0.95, gt=0, lt=1)
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
     mle: MLEConfig = Field(default_factory=MLEConfig)

@@ -337,6 +337,9 @@ def build_report(
         plain_table(gmm_theory_slopes),
         fig("error_vs_dimension", "error against dimension"),
         fig("error_vs_sample_size", "error against sample size"),
+        "The contrast the theorem is about: when the component means are not known (the "
+        "backbone) but estimated from the same samples, the error does grow with the dimension:",
+        fig("known_vs_estimated_means", "known against estimated means"),
         fig("b_convergence", "gradient descent on b"),
     ]
     # the seen clients' grids are linked above: put their files in the folder too

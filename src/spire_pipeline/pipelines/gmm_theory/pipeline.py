@@ -7,6 +7,7 @@ from spire_pipeline.pipelines.gmm_theory.nodes import (
     plot_b_convergence,
     plot_error_vs_dimension,
     plot_error_vs_sample_size,
+    plot_known_vs_estimated_means,
     run_gmm_sweep,
     summarise_errors,
 )
@@ -45,6 +46,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["gmm_theory_results", "gmm_theory_slopes"],
                 outputs="gmm_theory_error_vs_sample_size_plot",
                 name="plot_gmm_error_vs_sample_size",
+            ),
+            Node(
+                plot_known_vs_estimated_means,
+                inputs=["gmm_theory_results", "gmm_theory_slopes"],
+                outputs="gmm_theory_known_vs_estimated_means_plot",
+                name="plot_gmm_known_vs_estimated_means",
             ),
             Node(
                 plot_b_convergence,

@@ -14,6 +14,7 @@ REPORT_FIGURES = {
     "efficiency": "efficiency_plot",
     "error_vs_dimension": "gmm_theory_error_vs_dimension_plot",
     "error_vs_sample_size": "gmm_theory_error_vs_sample_size_plot",
+    "known_vs_estimated_means": "gmm_theory_known_vs_estimated_means_plot",
     "b_convergence": "gmm_theory_b_convergence_plot",
 }
 

@@ -29,6 +29,7 @@ from spire_pipeline.spire.plots.theory import (
     b_convergence,
     error_vs_dimension,
     error_vs_sample_size,
+    known_vs_estimated_means,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "efficiency",
     "error_vs_dimension",
     "error_vs_sample_size",
+    "known_vs_estimated_means",
     "heatmap",
     "image_grid",
     "kid_bars",
