@@ -1,4 +1,8 @@
-"""Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow."""
+"""Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow.
+
+:data:`PARAMETER_MODELS` is the single registry of parameter schemas: a parameters section
+without an entry here is an unknown section (a typo), rejected before any work.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
-from spire_pipeline.spire.validation import ParameterError, validate_params
+from spire_pipeline.spire.validation import check_sections, validate_params
 
 log = logging.getLogger(__name__)
 
-#: parameters.yml section -> "module:Model" of the pydantic model that validates it
+#: parameters.yml section -> "module:Model" of the pydantic model that validates it (every
+#: section needs one: ``kedro run --params`` and the parameters files are checked against it)
 PARAMETER_MODELS: dict[str, str] = {
     "data_partitioning": "spire_pipeline.spire.partition:PartitionConfig",
     "federated_pretraining": "spire_pipeline.spire.config:PretrainingConfig",
@@ -26,20 +31,18 @@ PARAMETER_MODELS: dict[str, str] = {
 }
 
 
-def _model(path: str) -> Any | None:
+def _model(path: str) -> Any:
     module, name = path.split(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+    return getattr(importlib.import_module(module), name)
 
 
 def validate_all(parameters: dict[str, Any]) -> None:
-    """Validate each known section present in ``parameters``; raise ``ParameterError``."""
+    """Validate every section of ``parameters``: an unknown section, an unknown key or a bad
+    value raises one ``ParameterError`` naming the parameter, its value and what is allowed."""
+    check_sections(parameters, PARAMETER_MODELS, f"{__name__}.PARAMETER_MODELS")
     for section, path in PARAMETER_MODELS.items():
-        model = _model(path)
-        if section in parameters and model is not None:
-            validate_params(model, parameters[section], section)
+        if section in parameters:
+            validate_params(_model(path), parameters[section], section)
 
 
 class ParameterValidationHook:
@@ -48,14 +51,8 @@ class ParameterValidationHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
-        try:
-            validate_all(parameters)
-        except ParameterError:
-            # Kedro calls no on_pipeline_error hook when before_pipeline_run fails: close the
-            # MLflow run kedro-mlflow has just opened, or it would be recorded as FINISHED.
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status="FAILED")
-            raise
+        # raises ParameterError; no MLflow run is open yet (it opens with the first node)
+        validate_all(parameters)
         log.info(
             "Parameters validated: %s", ", ".join(s for s in PARAMETER_MODELS if s in parameters)
         )
