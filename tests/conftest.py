@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,32 @@ def project_copy(make_project_copy: Callable[..., Path]) -> Path:
     """One project copy shared by the whole session (for runs that do not get in each other's
     way; use ``make_project_copy()`` for a private one)."""
     return make_project_copy("shared_project")
+
+
+# ----------------------------------------------------------------------------- the quick main job
+
+#: limit of one quick main job (it takes 2 to 4 minutes on a loaded 2-core machine)
+MAIN_JOB_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class MainJob:
+    """A project copy in which ``kedro run --env quick`` (the main job) has completed."""
+
+    project: Path
+    result: KedroResult
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def quick_main_job(make_project_copy) -> MainJob:
+    """The quick main job, run once per session in its own project copy and shared by every
+    test that reads its outputs (the main-job checks, the notebook). Tests may run other
+    pipelines in that copy (the sweep, another theory seed); none may run the main job again."""
+    project = make_project_copy("main_job")
+    start = time.perf_counter()
+    result = run_kedro(project, "--env", "quick", timeout=MAIN_JOB_TIMEOUT_S)
+    return MainJob(project, result, time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- running kedro

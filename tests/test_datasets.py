@@ -455,12 +455,13 @@ def test_raw_data_from_npz_needs_no_code_change(tmp_path, fashion_mnist) -> None
     version = generate_timestamp()
     catalog = DataCatalog.from_config(config, save_version=version)
     catalog["params:data_partitioning"] = params["data_partitioning"]
+    catalog["params:dataset"] = {}  # own images: no class names, figures show label numbers
 
     outputs = SequentialRunner().run(pipeline, catalog)
 
     assert set(outputs) == {"client_splits", "partition_metrics", "partition_heatmap"}
     cfg = params["data_partitioning"]
-    n_clients = cfg["num_seen_clients"] + cfg["num_unseen_clients"]
+    n_clients = cfg["num_seen_clients"] + cfg["num_unseen_clients"] + cfg["num_tuning_clients"]
     split_dir = tmp_path / "data" / "05_model_input" / "client_splits" / version
     assert len(list(split_dir.glob("*.npz"))) == n_clients
     splits = {

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from spire_pipeline.spire import features as feats_mod
 from spire_pipeline.spire.features import (
     DEFAULT_IMAGE_SIZE,
     INCEPTION_FILENAME,
@@ -17,6 +16,7 @@ from spire_pipeline.spire.features import (
     FeatureWeightsMissing,
     build_feature_extractor,
 )
+from spire_pipeline.spire.features import inception as inception_mod
 from spire_pipeline.spire.features.efficientnet_lite import (
     NATIVE_IMAGE_SIZE,
     NUM_FEATURES,
@@ -138,7 +138,7 @@ def test_inception_without_weights_raises_clear_error(tmp_path, monkeypatch):
     def no_network(path, timeout=0):
         raise OSError("network unreachable (test)")
 
-    monkeypatch.setattr(feats_mod, "_download_inception", no_network)
+    monkeypatch.setattr(inception_mod, "_download_inception", no_network)
     expected = tmp_path / INCEPTION_FILENAME
     with pytest.raises(FeatureWeightsMissing) as info:
         build_feature_extractor("inception")

@@ -1,6 +1,7 @@
 """Per-client KID evaluation (``spire_pipeline.spire.evaluation``): which (client, method, phase)
-jobs are made, shared samples generated once, the KID table's columns, forgetting and summary
-tables, the real-feature cache, determinism, and KID on real Fashion-MNIST clients.
+jobs are made, shared samples generated once, the KID table's columns, the summary table, the
+real-feature cache, determinism, and KID on real Fashion-MNIST clients. Forgetting is tested in
+``test_forgetting.py``.
 
 The feature extractor and the KID estimator themselves are tested in ``test_features_kid.py``
 (including KID on hand-picked Fashion-MNIST classes); here the "clients" of the KID check are
@@ -19,29 +20,25 @@ from spire_pipeline.spire.adaptation import adapt
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import (
     ADAPTATION_METHODS,
-    PRETRAINING_METHODS,
     AdaptationConfig,
     BackboneConfig,
     DiffusionConfig,
     KIDConfig,
+    PartitionConfig,
     PretrainingConfig,
 )
 from spire_pipeline.spire.evaluation import (
-    PERSONAL,
-    SHARED_WEIGHTS,
     adapted_jobs,
     cached_features,
     evaluate,
     features_key,
-    forgetting_table,
     kid_summary,
     pretrained_jobs,
 )
 from spire_pipeline.spire.features import build_feature_extractor
 from spire_pipeline.spire.federated import ClientData, derive_seed, pretrain
 from spire_pipeline.spire.kid import kid
-from spire_pipeline.spire.model import backbone_sha
-from spire_pipeline.spire.partition import PartitionConfig, partition
+from spire_pipeline.spire.partition import partition
 
 SIZE = 16
 SEEN = ["seen_00", "seen_01"]
@@ -89,24 +86,17 @@ def fake_pretrained() -> dict[str, ModelBundle]:
 
 
 def rows(jobs) -> set[tuple]:
-    return {
-        (j.client, j.role, j.method, j.phase, j.source, j.condition, j.adapted_to) for j in jobs
-    }
-
-
-def test_personal_and_shared_sets() -> None:
-    assert PERSONAL == set(PRETRAINING_METHODS) - {"fedavg"}
-    assert SHARED_WEIGHTS == set(ADAPTATION_METHODS) - {"spire", "scratch"}
+    return {(j.client, j.role, j.method, j.phase, j.source, j.condition) for j in jobs}
 
 
 def test_pretrained_jobs(fake_pretrained) -> None:
     jobs = pretrained_jobs(fake_pretrained, ROLES)
     expected = {
-        (c, "seen", m, "pretrained", f"pretrained/{m}", c, "")
+        (c, "seen", m, "pretrained", f"pretrained/{m}", c)
         for m in ("spire", "centralized", "fedper", "local")
         for c in SEEN
     } | {  # the unconditional model, for every client, seen or not
-        (c, ROLES[c], "fedavg", "pretrained", "pretrained/fedavg", None, "") for c in ROLES
+        (c, ROLES[c], "fedavg", "pretrained", "pretrained/fedavg", None) for c in ROLES
     }
     assert rows(jobs) == expected
     assert len(jobs) == len(expected)
@@ -114,50 +104,19 @@ def test_pretrained_jobs(fake_pretrained) -> None:
     assert len({j.sample_key for j in jobs}) == 4 * len(SEEN) + 1
 
 
-def adapted_fakes(pretrained: dict[str, ModelBundle]) -> dict[str, ModelBundle]:
-    sha = backbone_sha(pretrained["spire"].backbone)
-    out = {}
-    for m in ADAPTATION_METHODS:
-        for u in UNSEEN:
-            b = fake_bundle(m)
-            b.info = {"base": m, "backbone_sha": sha if m == "spire" else None}
-            out[f"{m}__{u}"] = b
-    return out
+def adapted_fakes() -> dict[str, ModelBundle]:
+    return {f"{m}__{u}": fake_bundle(m) for m in ADAPTATION_METHODS for u in UNSEEN}
 
 
 def test_adapted_jobs(fake_pretrained) -> None:
-    jobs = adapted_jobs(adapted_fakes(fake_pretrained), fake_pretrained, ROLES)
+    jobs = adapted_jobs(adapted_fakes(), fake_pretrained, ROLES)
     adapted = {
-        (u, "unseen", m, "adapted", f"adapted/{m}/{u}", u if m == "spire" else None, "")
+        (u, "unseen", m, "adapted", f"adapted/{m}/{u}", u if m == "spire" else None)
         for m in ADAPTATION_METHODS
         for u in UNSEEN
     }
-    after_shared = {  # the adapted shared weights, on every seen client, unconditioned
-        (s, "seen", m, "after_adaptation", f"adapted/{m}/{u}", None, u)
-        for m in SHARED_WEIGHTS
-        for u in UNSEEN
-        for s in SEEN
-    }
-    after_spire = {  # the pretrained spire backbone with each seen client's own embedding
-        (s, "seen", "spire", "after_adaptation", "pretrained/spire", s, u)
-        for u in UNSEEN
-        for s in SEEN
-    }
-    assert rows(jobs) == adapted | after_shared | after_spire
-    assert len(jobs) == len(adapted | after_shared | after_spire)
-    assert not any(j.method == "scratch" and j.phase == "after_adaptation" for j in jobs)
-    # spire's after-adaptation jobs are the pretrained spire jobs' sample sets
-    pre = {j.sample_key for j in pretrained_jobs(fake_pretrained, ROLES) if j.method == "spire"}
-    assert {
-        j.sample_key for j in jobs if j.method == "spire" and j.phase == "after_adaptation"
-    } == pre
-
-
-def test_adapted_spire_with_another_backbone_is_refused(fake_pretrained) -> None:
-    adapted = adapted_fakes(fake_pretrained)
-    adapted["spire__unseen_00"].info["backbone_sha"] = "0" * 16
-    with pytest.raises(RuntimeError, match="changed the shared backbone"):
-        adapted_jobs(adapted, fake_pretrained, ROLES)
+    assert rows(jobs) == adapted
+    assert len(jobs) == len(adapted)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -242,16 +201,8 @@ def test_shared_sample_sets_are_generated_once(tiny_models, monkeypatch) -> None
     assert (table["extractor"] == "pool4x4").all()
     got = set(zip(table["client"], table["method"], table["phase"]))
     assert got == {(j.client, j.method, j.phase) for j in jobs}
-    # spire's seen clients after adapting: the same samples and subsets as before, so the same KID
-    key = ["client", "kid_mean", "kid_std"]
-    spire = table[table["method"] == "spire"]
-    before = spire[spire["phase"] == "pretrained"][key].set_index("client")
-    after = spire[spire["phase"] == "after_adaptation"][key].set_index("client")
-    pd.testing.assert_frame_equal(after.loc[before.index], before)
-    # sample grids for every (client, method, phase) but after_adaptation
-    assert set(grids) == {
-        (j.client, j.method, j.phase) for j in jobs if j.phase != "after_adaptation"
-    }
+    # sample grids for every (client, method, phase)
+    assert set(grids) == {(j.client, j.method, j.phase) for j in jobs}
     assert all(g.shape == (KID_CFG.grid_samples, SIZE, SIZE) for g in grids.values())
 
 
@@ -278,7 +229,7 @@ def long_table() -> pd.DataFrame:
     """A hand-made KID table: two seen clients, spire and bitfit adapted to two unseen ones."""
     r = []
 
-    def add(client, role, method, phase, value, adapted_to=""):
+    def add(client, role, method, phase, value):
         r.append(
             dict(
                 client=client,
@@ -287,7 +238,6 @@ def long_table() -> pd.DataFrame:
                 phase=phase,
                 kid_mean=value,
                 kid_std=0.01,
-                adapted_to=adapted_to,
                 extractor="ext_64px",
             )
         )
@@ -295,47 +245,12 @@ def long_table() -> pd.DataFrame:
     for c, s, f in (("seen_00", 0.10, 0.30), ("seen_01", 0.20, 0.50)):
         add(c, "seen", "spire", "pretrained", s)
         add(c, "seen", "fedavg", "pretrained", f)
-    add("unseen_00", "unseen", "fedavg", "pretrained", 9.0)  # never a "before" value
+    add("unseen_00", "unseen", "fedavg", "pretrained", 9.0)
     add("unseen_01", "unseen", "fedavg", "pretrained", 7.0)
     for u in UNSEEN:
         add(u, "unseen", "spire", "adapted", 0.4)
         add(u, "unseen", "bitfit", "adapted", 0.8 if u == "unseen_00" else 0.6)
-        add("seen_00", "seen", "spire", "after_adaptation", 0.10, u)  # = before, exactly
-        add("seen_01", "seen", "spire", "after_adaptation", 0.20, u)
-    bitfit_after = {
-        ("unseen_00", "seen_00"): 0.35,
-        ("unseen_00", "seen_01"): 0.70,
-        ("unseen_01", "seen_00"): 0.30,
-        ("unseen_01", "seen_01"): 0.60,
-    }
-    for (u, s), v in bitfit_after.items():
-        add(s, "seen", "bitfit", "after_adaptation", v, u)
     return pd.DataFrame(r)
-
-
-def test_forgetting_table() -> None:
-    f = forgetting_table(long_table()).set_index("method")
-    assert set(f.index) == {"spire", "bitfit"}
-    spire = f.loc["spire"]
-    assert spire["base"] == "spire" and spire["adaptations"] == 2
-    assert spire["difference"] == 0.0 and spire["worst_difference"] == 0.0  # exactly
-    assert spire["seen_kid_before"] == pytest.approx(0.15)
-    assert spire["seen_kid_after"] == pytest.approx(0.15)
-    bitfit = f.loc["bitfit"]
-    assert bitfit["base"] == "fedavg" and bitfit["adaptations"] == 2
-    # after - before per (seen client, adaptation): +0.05, +0.20, 0.00, +0.10
-    assert bitfit["difference"] == pytest.approx(0.075)
-    assert bitfit["worst_difference"] == pytest.approx(0.20)
-    assert bitfit["seen_kid_before"] == pytest.approx(0.40)  # median of 0.3, 0.5, 0.3, 0.5
-    assert bitfit["seen_kid_after"] == pytest.approx(0.475)  # median of .35, .7, .3, .6
-    assert (f["extractor"] == "ext_64px").all()
-
-
-def test_forgetting_needs_the_base_model_rows() -> None:
-    t = long_table()
-    f = forgetting_table(t[t["method"] != "fedavg"])
-    assert list(f["method"]) == ["spire"]  # bitfit has no "before" without fedavg
-    assert forgetting_table(t[t["phase"] != "after_adaptation"]).empty
 
 
 def test_kid_summary() -> None:
@@ -349,10 +264,8 @@ def test_kid_summary() -> None:
     assert unseen["clients"] == 2 and unseen["kid_median"] == pytest.approx(8.0)
     bitfit = s.loc[("adapted", "unseen", "bitfit")]
     assert bitfit["kid_median"] == pytest.approx(0.7) and bitfit["kid_worst"] == pytest.approx(0.8)
-    after = s.loc[("after_adaptation", "seen", "bitfit")]
-    assert after["clients"] == 4 and after["kid_median"] == pytest.approx(0.475)
     assert (s["extractor"] == "ext_64px").all()
-    assert len(s) == 7
+    assert len(s) == 5
 
 
 # ----------------------------------------------------------------------------- feature cache

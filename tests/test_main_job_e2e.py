@@ -1,5 +1,6 @@
 """End to end: the main job ``kedro run --env quick`` (``__default__``: partitioning,
-pretraining, adaptation, KID, theory, reporting) in a copy of the project, then
+pretraining, adaptation, KID, theory, reporting) in a copy of the project (the session's
+``quick_main_job``, shared with the notebook test), then
 ``kedro run --env quick --pipeline robustness_sweep`` in the same copy.
 
 Run with ``pytest -s`` to see how long each run took.
@@ -7,6 +8,7 @@ Run with ``pytest -s`` to see how long each run took.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from spire_pipeline.spire.partition import client_names
+from spire_pipeline.spire.partition import client_names, role_names
+from spire_pipeline.spire.report import ROBUSTNESS_COMMAND
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +35,6 @@ PIPELINES = {
     "reporting",
     "__default__",
 }
-MAIN_TIMEOUT_S = 600
 SWEEP_TIMEOUT_S = 300
 
 
@@ -44,18 +46,21 @@ def quick(section: str) -> dict:
 @pytest.fixture(scope="module")
 def clients() -> tuple[list[str], list[str]]:
     p = quick("data_partitioning")
-    return client_names(p["num_seen_clients"], p["num_unseen_clients"])
+    return client_names(p["num_seen_clients"], p["num_unseen_clients"], p["num_tuning_clients"])
 
 
 @pytest.fixture(scope="module")
-def main_run(make_project_copy, run_kedro):
-    """A private project copy in which the quick main job has completed."""
-    project = make_project_copy("main_job_e2e")
-    start = time.perf_counter()
-    result = run_kedro(project, "--env", "quick", timeout=MAIN_TIMEOUT_S)
-    seconds = time.perf_counter() - start
-    print(f"\n[timing] kedro run --env quick (__default__): {seconds:.1f} s")
-    return project, result
+def tuning_clients() -> list[str]:
+    p = quick("data_partitioning")
+    names = role_names(p["num_seen_clients"], p["num_unseen_clients"], p["num_tuning_clients"])
+    return names["tuning"]
+
+
+@pytest.fixture(scope="module")
+def main_run(quick_main_job):
+    """The project copy in which the quick main job has completed (shared by the session)."""
+    print(f"\n[timing] kedro run --env quick (__default__): {quick_main_job.seconds:.1f} s")
+    return quick_main_job.project, quick_main_job.result
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +114,9 @@ def test_main_job_succeeds(main_run) -> None:
     _, result = main_run
     assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
     assert "Parameters validated" in result.flat_output, result.tail()
+    # the run's last word says where the report is
+    tail = result.flat_output.split("Pipeline execution completed successfully")[-1]
+    assert "Report: data/08_reporting/latest/report.md" in tail, result.tail()
 
 
 def test_kid_table(main_run, clients) -> None:
@@ -127,12 +135,11 @@ def test_kid_table(main_run, clients) -> None:
         "extractor",
     }
     assert columns <= set(table.columns)
-    assert set(table["client"]) == set(seen + unseen)
-    assert set(table["phase"]) == {"pretrained", "adapted", "after_adaptation"}
+    assert set(table["client"]) == set(seen + unseen)  # never a tuning client
+    assert set(table["phase"]) == {"pretrained", "adapted"}
     pretrained = table[table["phase"] == "pretrained"]
     assert set(pretrained["client"]) == set(seen + unseen)
     assert set(table[table["phase"] == "adapted"]["client"]) == set(unseen)
-    assert set(table[table["phase"] == "after_adaptation"]["client"]) == set(seen)
     methods = set(quick("client_adaptation")["methods"])
     assert set(table[table["phase"] == "adapted"]["method"]) == methods
     for u in unseen:  # every method adapted to every unseen client
@@ -146,6 +153,32 @@ def test_kid_table(main_run, clients) -> None:
     assert extractor == f"{kid_params['extractor']}_{kid_params['image_size']}px"
     assert (table["n_generated"] == kid_params["num_generated"]).all()
     assert (table["n_real"] <= kid_params["max_real"]).all()
+
+
+def test_tuning_tables(main_run, tuning_clients) -> None:
+    """Every method was tuned on the tuning clients with the same grid, and the evaluation
+    clients were adapted with each method's choice."""
+    project, _ = main_run
+    params = quick("client_adaptation")
+    grid = pd.read_csv(versioned(project, "data/07_model_output/tuning_table.csv"))
+    assert set(grid["client"]) == set(tuning_clients)
+    expected = {
+        (m, lr, e)
+        for m in params["methods"]
+        for lr in params["tuning"]["learning_rates"]
+        for e in params["tuning"]["epochs"]
+    }
+    assert set(zip(grid["method"], grid["lr"], grid["epochs"])) == expected
+    choices = pd.read_csv(versioned(project, "data/07_model_output/adaptation_choices.csv"))
+    assert list(choices["method"]) == params["methods"]
+    assert set(choices["source"]) == {"tuning"}
+    assert set(choices["lr"]) <= set(params["tuning"]["learning_rates"])
+    adaptation = pd.read_csv(versioned(project, "data/07_model_output/adaptation_table.csv"))
+    chosen = dict(zip(choices["method"], choices["lr"]))
+    assert all(chosen[m] == lr for m, lr in zip(adaptation["method"], adaptation["lr"]))
+    validation = pd.read_csv(versioned(project, "data/07_model_output/pretraining_validation.csv"))
+    assert set(validation["method"]) == set(quick("federated_pretraining")["methods"])
+    assert np.isfinite(validation["val_loss"]).all()
 
 
 def test_reporting_tables(main_run, clients) -> None:
@@ -169,11 +202,29 @@ def test_reporting_tables(main_run, clients) -> None:
     assert set(unseen_table["method"]) == set(methods)
     forgetting = pd.read_csv(versioned(project, "data/08_reporting/forgetting_table.csv"))
     f = forgetting.set_index("method")
-    assert f.loc["spire", "worst_difference"] == 0.0  # same backbone, same samples
+    assert {"spire", "full_finetune", "lora", "bitfit", "head"} <= set(f.index)
+    assert "scratch" not in f.index  # serves nobody else: nothing to forget
+    assert (f["adaptations"] == quick("kid_evaluation")["forgetting_clients"]).all()
+    assert np.isfinite(f[["change", "ci_low", "ci_high", "noise_band"]].to_numpy(float)).all()
     claims = pd.read_csv(versioned(project, "data/08_reporting/claims.csv"))
-    assert list(claims.columns) == ["claim", "measured", "holds"] and len(claims) >= 3
-    report = versioned(project, "data/08_reporting/report.md").read_text()
+    assert {"claim", "verdict", "effect", "ci_low", "ci_high", "n_clients", "holds"} <= set(
+        claims.columns
+    )
+    assert [c.split(".")[0] for c in claims["claim"]] == ["1", "2", "3", "4", "5"]
+    assert set(claims["verdict"]) <= {"holds", "fails", "inconclusive"}
+    folder = project / "data/08_reporting/report"
+    report = (folder / one_version(folder) / "report.md").read_text()
     assert report.startswith("# SPIRE run report") and "## Claims" in report
+    assert ROBUSTNESS_COMMAND in report  # claim 4 is listed, with how to check it
+    latest = project / "data/08_reporting/latest"
+    assert (latest / "report.md").read_text() == report
+    links = re.findall(r"\]\((figures/[^)]+\.png)\)", report)
+    assert "figures/kid_bar_chart.png" in links and len(links) >= 10, links
+    for link in links:
+        assert (latest / link).read_bytes()[:8] == PNG_MAGIC, link
+    reference = pd.read_csv(versioned(project, "data/08_reporting/kid_reference_table.csv"))
+    assert set(reference["client"]) == set(clients[0] + clients[1])
+    assert np.isfinite(reference["kid_mean"].to_numpy(float)).all()
     assert versioned(project, "data/08_reporting/kid_summary.csv").is_file()
     for png in ("kid_bar_chart.png", "efficiency.png"):
         assert versioned(project, f"data/08_reporting/{png}").read_bytes()[:8] == PNG_MAGIC
@@ -185,7 +236,7 @@ def test_reporting_tables(main_run, clients) -> None:
             "data/08_reporting/unseen_client_table.csv",
             "data/08_reporting/forgetting_table.csv",
             "data/08_reporting/claims.csv",
-            "data/08_reporting/report.md",
+            "data/08_reporting/report",
             "data/07_model_output/adaptation_table.csv",
             "data/06_models/pretrained",
             "data/06_models/adapted",
@@ -219,7 +270,8 @@ def test_mlflow_metrics_and_artifacts(main_run) -> None:
         "kid_evaluation/kid_table.csv",
         "client_adaptation/adaptation_table.csv",
         "reporting/claims.csv",
-        "reporting/report.md",
+        "reporting/run_report/report.md",
+        "reporting/run_report/figures/kid_bar_chart.png",
     } <= files
 
 
@@ -296,7 +348,8 @@ def test_registry_lists_every_pipeline(main_run, kedro_cli) -> None:
 # ----------------------------------------------------------------------------- robustness sweep
 
 
-def test_robustness_sweep_after_the_main_job(sweep_run, clients) -> None:
+def test_robustness_sweep_after_the_main_job(sweep_run, tuning_clients) -> None:
+    """The sweep runs on the tuning clients (never on the evaluation clients)."""
     project, result = sweep_run
     assert "Pipeline execution completed successfully" in result.flat_output, result.tail()
     params = quick("robustness_sweep")
@@ -305,11 +358,10 @@ def test_robustness_sweep_after_the_main_job(sweep_run, clients) -> None:
         (m, c, lr, e)
         for m, c, lr, e in zip(table["method"], table["client"], table["lr"], table["epochs"])
     }
-    _, unseen = clients
     expected = {
         (m, c, lr, e)
         for m in params["methods"]
-        for c in unseen[: params["clients"]]
+        for c in tuning_clients[: params["clients"]]
         for lr in params["learning_rates"]
         for e in params["epochs"]
     }

@@ -12,8 +12,7 @@ from kedro.io import DataCatalog
 from pydantic import BaseModel
 
 from spire_pipeline.hooks import PARAMETER_MODELS, ParameterValidationHook, validate_all
-from spire_pipeline.spire.config import LocalTrainConfig, PretrainingConfig
-from spire_pipeline.spire.partition import PartitionConfig
+from spire_pipeline.spire.config import LocalTrainConfig, PartitionConfig, PretrainingConfig
 from spire_pipeline.spire.validation import ParameterError, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +24,13 @@ QUICK = dict(
     alpha=0.3,
     classes_per_client=2,
     num_seen_clients=4,
-    num_unseen_clients=2,
+    num_tuning_clients=2,
+    num_unseen_clients=3,
     seen_client_size=300,
     unseen_train_size=64,
     test_fraction=0.2,
     min_test_size=48,
+    validation_fraction=0.1,
 )
 
 BAD_VALUES = [
@@ -40,6 +41,9 @@ BAD_VALUES = [
     ("num_seen_clients", 0),
     ("num_seen_clients", -3),
     ("num_unseen_clients", -1),
+    ("num_tuning_clients", -1),
+    ("validation_fraction", 1.0),
+    ("validation_fraction", -0.1),
     ("classes_per_client", 0),
     ("seen_client_size", 0),
     ("seen_client_size", -300),

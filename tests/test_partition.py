@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from spire_pipeline.spire.config import PartitionConfig
 from spire_pipeline.spire.partition import (
     ClientSplit,
-    PartitionConfig,
     class_columns,
     client_names,
     partition,
@@ -62,7 +62,7 @@ def _decode(images: np.ndarray) -> np.ndarray:
 
 
 def _all_indices(splits: list[ClientSplit]) -> list[np.ndarray]:
-    return [ix for s in splits for ix in (s.train_index, s.test_index)]
+    return [ix for s in splits for ix in (s.train_index, s.val_index, s.test_index)]
 
 
 def assert_valid_partition(splits, images, labels, cfg: PartitionConfig) -> None:
@@ -169,7 +169,7 @@ def test_partition_table_and_statistics(pooled) -> None:
     cfg = PartitionConfig(**QUICK)
     splits = partition(images, labels, cfg)
     table = partition_table(splits, num_classes=10)
-    assert list(table.columns) == ["client", "role", "n_train", "n_test"] + [
+    assert list(table.columns) == ["client", "role", "n_train", "n_val", "n_test"] + [
         f"class_{c}" for c in range(10)
     ]
     assert class_columns(table) == [f"class_{c}" for c in range(10)]
@@ -194,14 +194,10 @@ def test_client_split_array_round_trip(pooled) -> None:
     split = partition(images, labels, PartitionConfig(**QUICK))[0]
     arrays = split.to_arrays()
     assert set(arrays) == {
-        "train_images",
-        "train_labels",
-        "test_images",
-        "test_labels",
-        "train_index",
-        "test_index",
-        "role",
-    }
+        f"{split}_{kind}"
+        for split in ("train", "val", "test")
+        for kind in ("images", "labels", "index")
+    } | {"role"}
     back = ClientSplit.from_arrays(split.client, arrays)
     assert back.role == split.role == "seen"
     np.testing.assert_array_equal(back.train_images, split.train_images)
@@ -341,3 +337,47 @@ def test_mismatched_images_and_labels_are_rejected() -> None:
     images, labels = synthetic()
     with pytest.raises(ValueError, match="labels"):
         partition(images[:-1], labels, PartitionConfig(seen_client_size=200, min_test_size=10))
+
+
+# ----------------------------------------------------------------------------- roles
+
+
+def test_tuning_clients_and_validation_shares(pooled) -> None:
+    """Tuning clients have the unseen clients' sizes; seen clients hold out a validation share
+    of their train split; train, validation and test never overlap, within or across clients."""
+    images, labels = pooled
+    cfg = PartitionConfig(**{**BASE, "num_tuning_clients": 3, "validation_fraction": 0.1})
+    splits = partition(images, labels, cfg)
+    roles = [s.role for s in splits]
+    assert roles == ["seen"] * 10 + ["tuning"] * 3 + ["unseen"] * 4
+    assert [s.client for s in splits if s.role == "tuning"] == [
+        "tuning_00",
+        "tuning_01",
+        "tuning_02",
+    ]
+    everything = np.concatenate(_all_indices(splits))
+    assert len(np.unique(everything)) == len(everything)
+    for s in splits:
+        np.testing.assert_array_equal(s.val_images, images[s.val_index])
+        np.testing.assert_array_equal(s.val_labels, labels[s.val_index])
+        if s.role == "seen":
+            n_fit = len(s.train_index) + len(s.val_index)
+            assert len(s.val_index) == round(0.1 * n_fit) > 0
+            assert n_fit + len(s.test_index) == 2000
+        else:
+            assert len(s.val_index) == 0 and len(s.train_index) == cfg.unseen_train_size
+    unseen = [s for s in splits if s.role == "unseen"]
+    tuning = [s for s in splits if s.role == "tuning"]
+    assert {len(s.test_index) for s in tuning} == {len(s.test_index) for s in unseen}
+    # shards: each tuning client was dealt classes_per_client classes, like an unseen client
+    assert all(len(np.unique(s.train_labels)) == 2 for s in tuning)
+    stats = partition_statistics(partition_table(splits, num_classes=10))
+    assert stats["num_tuning_clients"] == 3 and stats["num_unseen_clients"] == 4
+
+
+def test_splits_written_before_validation_shares_still_load(pooled) -> None:
+    images, labels = pooled
+    split = partition(images, labels, PartitionConfig(**QUICK))[0]
+    old = {k: v for k, v in split.to_arrays().items() if not k.startswith("val_")}
+    back = ClientSplit.from_arrays(split.client, old)
+    assert len(back.val_index) == 0 and back.val_images.shape[1:] == split.train_images.shape[1:]

@@ -330,5 +330,6 @@ def test_mlflow_run_has_round_metrics_and_artifacts(quick_run, quick_params) -> 
         f"{prefix}/client_embeddings.csv",
         f"{prefix}/pretraining_history.csv",
         f"{prefix}/pretraining_loss.png",
+        f"{prefix}/pretraining_validation.csv",
         *(f"{prefix}/pretraining_sample_grids/{m}.png" for m in quick_params.methods),
     }

@@ -1,4 +1,5 @@
-"""Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow.
+"""Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow;
+the run's metadata handed to the report, and the report's path logged last.
 
 :data:`PARAMETER_MODELS` is the single registry of parameter schemas: a parameters section
 without an entry here is an unknown section (a typo), rejected before any work.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import platform
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +20,21 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
 from spire_pipeline.spire.validation import check_sections, validate_params
+from spire_pipeline.tracking import run_info
 
 log = logging.getLogger(__name__)
 
 #: parameters.yml section -> "module:Model" of the pydantic model that validates it (every
 #: section needs one: ``kedro run --params`` and the parameters files are checked against it)
 PARAMETER_MODELS: dict[str, str] = {
-    "data_partitioning": "spire_pipeline.spire.partition:PartitionConfig",
+    "data_partitioning": "spire_pipeline.spire.config:PartitionConfig",
     "federated_pretraining": "spire_pipeline.spire.config:PretrainingConfig",
     "kid_evaluation": "spire_pipeline.spire.config:KIDConfig",
     "client_adaptation": "spire_pipeline.spire.config:AdaptationConfig",
     "robustness_sweep": "spire_pipeline.spire.config:SweepConfig",
-    "gmm_theory": "spire_pipeline.spire.gmm:GMMTheoryConfig",
+    "gmm_theory": "spire_pipeline.spire.config:GMMTheoryConfig",
+    "dataset": "spire_pipeline.spire.config:DatasetConfig",
+    "reporting": "spire_pipeline.spire.config:ClaimsConfig",
 }
 
 
@@ -100,3 +107,77 @@ class MlflowArtifactHook:
             mlflow.log_artifacts(str(path), artifact_path=f"{artifact_dir}/{dataset_name}")
         else:
             mlflow.log_artifact(str(path), artifact_path=artifact_dir)
+
+
+def _git_commit(project: Path) -> str:
+    """The checked-out commit (short), marked when the work tree has uncommitted changes."""
+    commit, dirty = run_info.git_commit(project)
+    if commit == "unknown":
+        return "unknown (not a git checkout)"
+    return f"{commit[:12]} (with uncommitted changes)" if dirty else commit[:12]
+
+
+def run_metadata(run_params: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run: date, env, pipeline, commit, MLflow run, output version, machine."""
+    active = mlflow.active_run()
+    experiment = mlflow.get_experiment(active.info.experiment_id) if active else None
+    runtime = run_params.get("runtime_params") or {}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "env": run_params.get("env") or "local (conf/base + conf/local)",
+        "pipeline": ", ".join(run_params.get("pipeline_names") or ["__default__"]),
+        "runtime parameters": ", ".join(f"{k}={v}" for k, v in runtime.items()),
+        "git_commit": _git_commit(Path(run_params.get("project_path") or ".")),
+        "mlflow_run_id": active.info.run_id if active else "",
+        "mlflow_experiment": experiment.name if experiment else "",
+        "save_version": run_params.get("run_id", ""),
+        "machine": f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+    }
+
+
+class RunMetadataHook:
+    """Give the report its run metadata before any node runs, and end the run's log with
+    where the report is."""
+
+    METADATA = "run_metadata"
+    REPORT = "run_report"
+
+    def __init__(self) -> None:
+        self._catalog = None
+        self._report_saved = False
+        self._run_params: dict[str, Any] = {}
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._catalog, self._report_saved, self._run_params = catalog, False, run_params
+        if pipeline is not None and self.METADATA in pipeline.inputs():
+            catalog[self.METADATA] = run_metadata(run_params)
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        """Refresh the metadata for the node that reads it: the MLflow run (its id goes in the
+        report) opens only when the first node starts."""
+        if self.METADATA in inputs:
+            return {self.METADATA: run_metadata(self._run_params)}
+        return None
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
+        self._report_saved |= dataset_name == self.REPORT
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], run_result, pipeline, catalog):
+        if not self._report_saved:
+            return
+        report = catalog.get(self.REPORT)
+        project = Path(run_params.get("project_path") or ".").resolve()
+
+        def shown(path: Path | None) -> str:
+            full = (project / path).resolve() if path is not None else None
+            return str(full.relative_to(project) if full and full.is_relative_to(project) else full)
+
+        latest = getattr(report, "latest_file", None)
+        saved = getattr(report, "saved_file", None)
+        where = f"{shown(latest)} (this run's copy: {shown(saved)})" if latest else shown(saved)
+        log.info("Report: %s", where)

@@ -9,18 +9,22 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "FigureDataset": "figure_dataset",
     "IDXImageDataset": "image_datasets",
     "NpzImageDataset": "image_datasets",
     "ModelBundleDataset": "model_bundle_dataset",
     "NpzDataset": "npz_dataset",
+    "ReportDataset": "report_dataset",
     "VersionedPartitionedDataset": "versioned_partitions",
 }
 
 __all__ = [
+    "FigureDataset",
     "IDXImageDataset",
     "ModelBundleDataset",
     "NpzDataset",
     "NpzImageDataset",
+    "ReportDataset",
     "VersionedPartitionedDataset",
 ]
 

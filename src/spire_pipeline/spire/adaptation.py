@@ -23,15 +23,16 @@ The result is a :class:`ModelBundle` holding only what was trained (``local[clie
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from diffusers import UNet2DModel
 
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, LocalTrainConfig
-from spire_pipeline.spire.diffusion import make_scheduler
+from spire_pipeline.spire.diffusion import heldout_losses, make_scheduler
 from spire_pipeline.spire.federated import ClientData, derive_seed
 from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.model import (
@@ -80,11 +81,23 @@ def add_lora(model: UNet2DModel, rank: int, alpha: float) -> UNet2DModel:
     return inject_adapter_in_model(cfg, model)
 
 
+#: how a new client's embedding can start (``client_adaptation.embedding_init``)
+EMBEDDING_INITS = ("zeros", "mean_seen", "random", "retrieval")
+#: train images a retrieval initialisation scores the seen embeddings on
+RETRIEVAL_IMAGES = 64
+
+
 def initial_embedding(
-    how: str, spire: ModelBundle, dim: int, seed: int, seen: list[str] | None = None
+    how: str,
+    spire: ModelBundle,
+    dim: int,
+    seed: int,
+    seen: list[str] | None = None,
+    score: Callable[[torch.Tensor], np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """A new client's embedding: ``zeros``, ``mean_seen`` (mean of the seen clients') or
-    ``random`` (N(0, s^2) with s the seen embeddings' RMS)."""
+    """A new client's embedding: ``zeros``, ``mean_seen`` (mean of the seen clients'),
+    ``random`` (N(0, s^2) with s the seen embeddings' RMS) or ``retrieval`` (the seen embedding
+    with the lowest ``score``: the new client's DDPM loss under each seen embedding)."""
     table = torch.stack([spire.embeddings[c] for c in (seen or sorted(spire.embeddings))])
     if how == "zeros":
         return torch.zeros(dim)
@@ -93,6 +106,10 @@ def initial_embedding(
     if how == "random":
         g = torch.Generator().manual_seed(seed)
         return table.pow(2).mean().sqrt() * torch.randn(dim, generator=g)
+    if how == "retrieval":
+        if score is None:
+            raise ValueError("a retrieval initialisation needs the new client's data to score")
+        return table[int(np.argmin(score(table)))].clone()
     raise ValueError(f"unknown embedding init {how!r}")
 
 
@@ -156,14 +173,22 @@ def adapt(
     params = dict(model.named_parameters())
     names = trainable_names(method, model)
     groups = [ParamGroup({n: params[n] for n in names}, local.lr, local.weight_decay)]
-    emb = None
-    if spec.conditional:
-        emb = initial_embedding(cfg.embedding_init, base_bundle, dim, seed).to(device)
-        groups = [ParamGroup({"embedding": emb}, local.embedding_lr)]
     zero = torch.zeros(dim, device=device)
+    scheduler = make_scheduler(diffusion_cfg)
 
     def denoise(x, t, c):
         return model(x, t, class_labels=zero.expand(x.shape[0], -1) if c is None else c).sample
+
+    emb = None
+    if spec.conditional:
+
+        def score(table: torch.Tensor) -> np.ndarray:
+            images = client.images[:RETRIEVAL_IMAGES]
+            return heldout_losses(denoise, scheduler, images, table.to(device), seed)
+
+        emb = initial_embedding(cfg.embedding_init, base_bundle, dim, seed, score=score)
+        emb = emb.to(device)
+        groups = [ParamGroup({"embedding": emb}, local.embedding_lr)]
 
     info = {
         "base": spec.base,
@@ -203,7 +228,7 @@ def adapt(
         groups,
         client.images,
         local,
-        make_scheduler(diffusion_cfg),
+        scheduler,
         seed=seed,
         cond=emb,
         client=client.client,

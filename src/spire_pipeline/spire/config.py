@@ -1,8 +1,15 @@
-"""Validated parameters of the SPIRE pipelines (pydantic; one message names a bad value)."""
+"""Validated parameters of every pipeline, in one place (pydantic; extra keys are rejected and
+``validation.validate_params`` turns an error into one message that names the bad value).
+
+One model per ``conf/<env>/parameters_<section>.yml`` section: ``PartitionConfig``
+(``data_partitioning``), ``PretrainingConfig`` (``federated_pretraining``), ``AdaptationConfig``
+(``client_adaptation``), ``KIDConfig`` (``kid_evaluation``), ``SweepConfig``
+(``robustness_sweep``), ``GMMTheoryConfig`` (``gmm_theory``) and ``DatasetConfig`` (``dataset``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -112,15 +119,40 @@ class KIDConfig(_Strict):
     batch_size: PositiveInt = 100
     cache_dir: str | None = "data/04_feature/kid_cache"
     device: str = "auto"
+    #: forgetting: adaptations to the first N evaluation clients (None: all of them) ...
+    forgetting_clients: PositiveInt | None = 4
+    #: ... against this many independent draws of each pretrained model (the measure's noise)
+    forgetting_draws: int = Field(3, ge=2)
+
+
+EmbeddingInit = Literal["zeros", "mean_seen", "random", "retrieval"]
+
+
+class TuningConfig(_Strict):
+    """The grid every adaptation method is tuned on, on the tuning clients (the same cells for
+    every method); ``embedding_inits``: the initialisations a conditional method chooses from."""
+
+    learning_rates: list[PositiveFloat] = Field([1e-4, 1e-3, 1e-2, 1e-1], min_length=1)
+    epochs: list[PositiveInt] = Field([2, 8], min_length=1)
+    embedding_inits: list[EmbeddingInit] = Field(
+        ["zeros", "mean_seen", "random", "retrieval"], min_length=1
+    )
+    num_generated: PositiveInt = 50
 
 
 class AdaptationConfig(_Strict):
-    """Parameters of ``client_adaptation``."""
+    """Parameters of ``client_adaptation``.
+
+    With tuning clients, each method's learning rate and epochs (and a conditional method's
+    embedding initialisation) are chosen on them from ``tuning``; ``local.lr``, ``local.steps``
+    and ``embedding_init`` are the values used when there are no tuning clients.
+    """
 
     seed: int = 0
     methods: list[Literal[ADAPTATION_METHODS]] = list(ADAPTATION_METHODS)  # type: ignore[valid-type]
-    embedding_init: Literal["zeros", "mean_seen", "random"] = "mean_seen"
+    embedding_init: EmbeddingInit = "mean_seen"
     local: LocalTrainConfig = LocalTrainConfig(steps=200, lr=1e-3, embedding_lr=5e-2)
+    tuning: TuningConfig = TuningConfig()
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
     device: str = "auto"
@@ -135,3 +167,130 @@ class SweepConfig(_Strict):
     epochs: list[PositiveInt] = [1, 5, 20]
     clients: PositiveInt | None = 2
     num_generated: PositiveInt = 64
+
+
+class DatasetConfig(_Strict):
+    """Parameters of ``dataset``: what the raw images are, for figures and the report."""
+
+    name: str = ""
+    #: class names in label order (label k is ``class_names[k]``); empty: figures show numbers
+    class_names: list[str] = []
+
+
+# --------------------------------------------------------------------------- partitioning
+
+
+class PartitionConfig(BaseModel):
+    """Parameters of ``data_partitioning`` (see ``conf/base/parameters_data_partitioning.yml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    scheme: Literal["dirichlet", "shards"] = "shards"
+    alpha: float = Field(0.3, gt=0)
+    classes_per_client: PositiveInt = 2
+    num_seen_clients: PositiveInt = 10
+    num_unseen_clients: int = Field(4, ge=0)
+    num_tuning_clients: int = Field(0, ge=0)
+    seen_client_size: PositiveInt | None = 2000
+    unseen_train_size: PositiveInt = 200
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    min_test_size: PositiveInt = 100
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> PartitionConfig:
+        if self.seen_client_size is not None and self.seen_client_size <= self.min_test_size:
+            raise ValueError(
+                f"seen_client_size ({self.seen_client_size}) must exceed min_test_size "
+                f"({self.min_test_size}) so that a train split remains"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- theory (gmm.py)
+
+
+class DDPMConfig(BaseModel):
+    """DDPM loss (noise schedule, noise levels, quadrature) and gradient descent on ``b``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(5.0, gt=0)
+    iterations: PositiveInt = 40
+    b_init: float = 0.0
+    num_train_timesteps: PositiveInt = 1000
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    noise_levels: PositiveInt = 8
+    noise_level_sampling: Literal["grid", "random"] = "grid"
+    hermite_nodes: PositiveInt = 12
+
+    @model_validator(mode="after")
+    def _check(self) -> DDPMConfig:
+        if self.beta_end < self.beta_start:
+            raise ValueError(
+                f"beta_end ({self.beta_end}) must be >= beta_start ({self.beta_start})"
+            )
+        if self.noise_levels > self.num_train_timesteps:
+            raise ValueError(
+                f"noise_levels ({self.noise_levels}) must be <= num_train_timesteps "
+                f"({self.num_train_timesteps})"
+            )
+        return self
+
+
+class MLEConfig(BaseModel):
+    """Newton iterations for the maximum-likelihood mixing weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_iterations: PositiveInt = 100
+    tol: float = Field(1e-12, gt=0)
+
+
+class GMMTheoryConfig(BaseModel):
+    """Parameters of ``gmm_theory`` (see ``conf/base/parameters_gmm_theory.yml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0)
+    replicates: int = Field(6, ge=2)
+    dims: list[PositiveInt] = Field(default_factory=lambda: [4**k for k in range(7)], min_length=1)
+    sample_sizes: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=lambda: [100, 316, 1000, 3162, 10000], min_length=1
+    )
+    pi: float = Field(0.3, gt=0, lt=1)
+    mu_norm: float = Field(2.0, gt=0)
+    sample_in_full_dimension: bool = True
+    confidence: float = Field(0.95, gt=0, lt=1)
+    ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
+    mle: MLEConfig = Field(default_factory=MLEConfig)
+
+    @field_validator("dims", "sample_sizes")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must not repeat, got {values}")
+        return values
+
+
+class ClaimsConfig(_Strict):
+    """Parameters of ``reporting``: how the claims are decided (see ``spire.claims``)."""
+
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: PositiveInt = 10_000
+    seed: int = 0
+    #: claim 1: "matches" = not worse than a baseline by more than this share of its median KID
+    noninferiority_margin: float = Field(0.1, ge=0)
+    #: claim 5: the error's slope against log10(dimension), relative to the error's mean
+    theory_dimension_margin: PositiveFloat = 0.5
+    #: claim 5: the band the slope of log10(error) against log10(n) must lie in (-1/2 expected)
+    theory_n_slope: tuple[float, float] = (-0.7, -0.3)
+
+    @model_validator(mode="after")
+    def _band(self) -> ClaimsConfig:
+        lo, hi = self.theory_n_slope
+        if not lo < -0.5 < hi:
+            raise ValueError(f"theory_n_slope must contain -0.5, got {list(self.theory_n_slope)}")
+        return self

@@ -57,6 +57,37 @@ def ddpm_loss(
     return torch.nn.functional.mse_loss(denoise(x_t, t, cond), noise)
 
 
+@torch.inference_mode()
+def heldout_losses(
+    denoise: Denoiser,
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    conds: torch.Tensor,
+    seed: int,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """The DDPM loss of ``x0`` (N,C,H,W) under each of ``conds`` (K, D): a (K,) array.
+
+    Every condition sees the same seeded timesteps and noise (one draw per image), so the
+    losses compare conditions, or models, paired: the loss used to pick an embedding and to
+    judge pretraining on validation images. Nothing is trained.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    n = x0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    x_t = scheduler.add_noise(x0.cpu(), noise, t)
+    device = conds.device
+    totals = np.zeros(len(conds))
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        xb, tb, nb = x_t[sl].to(device), t[sl].to(device), noise[sl].to(device)
+        for k, cond in enumerate(conds):
+            eps = denoise(xb, tb, cond.reshape(1, -1).expand(len(xb), -1))
+            totals[k] += float(((eps - nb) ** 2).mean(dim=(1, 2, 3)).sum())
+    return totals / n
+
+
 def make_sampler(train_scheduler: DDPMScheduler, cfg: DiffusionConfig, steps: int | None = None):
     """A sampler matching the training schedule: ancestral DDPM, DDIM or DPM-Solver++."""
     if cfg.sampler == "ddpm":  # stochastic; skips steps evenly when steps < train timesteps
@@ -71,6 +102,20 @@ def make_sampler(train_scheduler: DDPMScheduler, cfg: DiffusionConfig, steps: in
     return s
 
 
+def guided(
+    denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None, w: float
+) -> torch.Tensor:
+    """The noise prediction with guidance ``w`` towards ``c`` and away from the null embedding
+    (one forward pass when w is 1 or 0, or there is no condition)."""
+    if c is None or w == 1.0:
+        return denoise(x, t, c)
+    null = torch.zeros_like(c)
+    if w == 0.0:
+        return denoise(x, t, null)
+    eps_null = denoise(x, t, null)
+    return eps_null + w * (denoise(x, t, c) - eps_null)
+
+
 @torch.inference_mode()
 def sample(
     denoise: Denoiser,
@@ -83,11 +128,15 @@ def sample(
     progress: bool = False,
     desc: str = "sampling",
     device: torch.device | str = "cpu",
+    guidance: float = 1.0,
 ) -> np.ndarray:
-    """Draw ``num`` images conditioned on ``cond`` (one vector, broadcast over the batch).
+    """Draw ``num`` images conditioned on ``cond``: one vector, broadcast over the batch, or one
+    row per image (``(num, D)``: a population of clients in one run).
 
     The starting noise and a stochastic sampler's noise come from one generator seeded with
-    ``seed``, so the same seed gives the same images.
+    ``seed``, so the same seed gives the same images. ``guidance`` w (personalisation guidance,
+    for a model pretrained with embedding dropout): ``eps = eps_null + w (eps_cond - eps_null)``
+    with the null (zero) embedding; w = 1 is plain conditional sampling, w = 0 the null model.
     """
     out = []
     g = torch.Generator().manual_seed(seed)
@@ -96,9 +145,14 @@ def sample(
         n = min(batch_size, num - start)
         sampler.set_timesteps(len(sampler.timesteps))  # multistep solvers keep state: reset
         x = torch.randn((n, *shape), generator=g).to(device)
-        c = None if cond is None else cond.to(device).reshape(1, -1).expand(n, -1)
+        if cond is None:
+            c = None
+        elif cond.ndim == 2 and cond.shape[0] == num:
+            c = cond[start : start + n].to(device)
+        else:
+            c = cond.to(device).reshape(1, -1).expand(n, -1)
         for t in sampler.timesteps:
-            eps = denoise(x, t.to(device).expand(n), c)
+            eps = guided(denoise, x, t.to(device).expand(n), c, guidance)
             # t stays where the sampler's own timesteps are (the CPU): DDPM looks it up there
             x = sampler.step(eps, t, x, generator=g).prev_sample
         out.append(to_uint8(x))

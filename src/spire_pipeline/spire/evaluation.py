@@ -1,9 +1,8 @@
 """Per-client KID of generated samples against each client's held-out test split.
 
 Jobs that generate with the same model and condition share one set of samples (for example an
-unconditional model evaluated on every client, or an adapted model re-evaluated on the seen
-clients to measure forgetting). Sample seeds depend only on the condition, so two models are
-compared on the same initial noise.
+unconditional model evaluated on every client). Sample seeds depend only on the condition, so
+two models are compared on the same initial noise.
 """
 
 from __future__ import annotations
@@ -21,18 +20,29 @@ from tqdm.auto import tqdm
 from spire_pipeline.spire.adaptation import build_adapted
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import KIDConfig
+from spire_pipeline.spire.features import FeatureExtractor, build_feature_extractor, extractor_label
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
 from spire_pipeline.spire.kid import kid
 from spire_pipeline.spire.methods import ADAPTATION, PRETRAINING
-from spire_pipeline.spire.model import backbone_sha, resolve_device
+from spire_pipeline.spire.model import resolve_device
 
 log = logging.getLogger(__name__)
 
-#: pretraining methods whose model for a client is conditioned on, or owned by, that client
-PERSONAL = {m for m, spec in PRETRAINING.items() if spec.per_client}
-#: adaptation methods that change weights shared with the seen clients (and so may forget)
-SHARED_WEIGHTS = {m for m, spec in ADAPTATION.items() if spec.shares_weights}
+
+def kid_extractor(cfg: KIDConfig) -> FeatureExtractor:
+    """The feature extractor that ``cfg`` names, on ``cfg.device``."""
+    return build_feature_extractor(
+        cfg.extractor,
+        cfg.image_size,
+        batch_size=cfg.batch_size,
+        device=str(resolve_device(cfg.device)),
+    )
+
+
+def kid_extractor_label(cfg: KIDConfig) -> str:
+    """The extractor's name and input size (part of every KID metric's name)."""
+    return extractor_label(cfg.extractor, cfg.image_size)
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,6 @@ class EvalJob:
     condition: str | None
     build: Callable[[], tuple] = field(compare=False, repr=False)
     bundle: ModelBundle = field(compare=False, repr=False)
-    adapted_to: str = ""
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -60,7 +69,7 @@ def pretrained_jobs(bundles: dict[str, ModelBundle], roles: dict[str, str]) -> l
     jobs = []
     for method, b in sorted(bundles.items()):
         for client, role in sorted(roles.items()):
-            personal = method in PERSONAL
+            personal = PRETRAINING[method].per_client
             if personal and client not in b.clients():
                 continue
             cond = client if personal else None
@@ -84,64 +93,27 @@ def adapted_jobs(
     pretrained: dict[str, ModelBundle],
     roles: dict[str, str],
 ) -> list[EvalJob]:
-    """Unseen clients x adaptation methods, and the seen clients again after each adaptation.
+    """Every adapted (method, evaluation client), against that client's test split.
 
-    ``adapted`` maps ``"<method>__<client>"`` to the adapted bundle. After ``spire`` adapts, the
-    seen clients are evaluated with their own embeddings and the backbone as it is then, which
-    is the pretrained backbone (checked bit for bit) and so shares its samples.
+    ``adapted`` maps ``"<method>__<client>"`` to the adapted bundle. What adaptation does to the
+    seen clients is measured by :mod:`~spire_pipeline.spire.forgetting`.
     """
     jobs = []
-    seen = sorted(c for c, r in roles.items() if r == "seen")
     for key, b in sorted(adapted.items()):
         method, client = key.split("__")
-        source = f"adapted/{method}/{client}"
-        spec = ADAPTATION[method]
-        cond = client if spec.conditional else None
+        cond = client if ADAPTATION[method].conditional else None
         jobs.append(
             EvalJob(
                 client,
                 roles.get(client, "unseen"),
                 method,
                 "adapted",
-                source,
+                f"adapted/{method}/{client}",
                 cond,
                 build=lambda b=b, c=client: build_adapted(b, pretrained, c),
                 bundle=b,
             )
         )
-        if spec.shares_weights:
-            for s in seen:
-                jobs.append(
-                    EvalJob(
-                        s,
-                        "seen",
-                        method,
-                        "after_adaptation",
-                        source,
-                        None,
-                        build=lambda b=b, c=client: build_adapted(b, pretrained, c),
-                        bundle=b,
-                        adapted_to=client,
-                    )
-                )
-        elif spec.conditional:
-            base = pretrained[spec.base]
-            if b.info.get("backbone_sha") != backbone_sha(base.backbone):
-                raise RuntimeError(f"spire adaptation to {client} changed the shared backbone")
-            for s in seen:
-                jobs.append(
-                    EvalJob(
-                        s,
-                        "seen",
-                        method,
-                        "after_adaptation",
-                        "pretrained/spire",
-                        s,
-                        build=lambda c=s, base=base: base.build(c),
-                        bundle=base,
-                        adapted_to=client,
-                    )
-                )
     return jobs
 
 
@@ -207,8 +179,7 @@ def evaluate(
             )
             fake_features[key] = extractor(images)
             firsts[key] = images[: cfg.grid_samples]
-        if job.phase != "after_adaptation":
-            grids[(job.client, job.method, job.phase)] = firsts[key]
+        grids[(job.client, job.method, job.phase)] = firsts[key]
         real = real_features[job.client]
         mean, std = kid(
             fake_features[key],
@@ -223,7 +194,6 @@ def evaluate(
                 "role": job.role,
                 "method": job.method,
                 "phase": job.phase,
-                "adapted_to": job.adapted_to,
                 "kid_mean": mean,
                 "kid_std": std,
                 "n_generated": len(fake_features[key]),
@@ -251,27 +221,46 @@ def kid_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def forgetting_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per adaptation method: seen-client KID before (its base model) and after adapting."""
-    after = table[table["phase"] == "after_adaptation"]
-    before = table[(table["phase"] == "pretrained") & (table["role"] == "seen")]
+def real_reference(
+    real_features: dict[str, np.ndarray],
+    roles: dict[str, str],
+    cfg: KIDConfig,
+    extractor_name: str,
+) -> pd.DataFrame:
+    """KID between two random halves of each client's real test features.
+
+    KID is unbiased, so two samples of one distribution give 0 in expectation; what this
+    measures is how far from 0 KID lands at this sample size (its noise floor). The subsets are
+    as large as those of the model KIDs (``cfg.max_subset_size``, capped by the half size).
+    """
     rows = []
-    for method, sub in after.groupby("method"):
-        base = ADAPTATION[method].base
-        b = before[before["method"] == base]
-        if b.empty:
+    for client in sorted(real_features):
+        feats = np.asarray(real_features[client])
+        half = len(feats) // 2
+        if half < 2:
+            log.warning("KID reference: %s has %d test images, too few to halve", client, half)
             continue
-        merged = sub.merge(b[["client", "kid_mean"]], on="client", suffixes=("_after", "_before"))
+        order = np.random.default_rng(derive_seed(cfg.seed, "reference", client)).permutation(
+            len(feats)
+        )
+        a, b = feats[order[:half]], feats[order[half : 2 * half]]
+        mean, std = kid(
+            a,
+            b,
+            num_subsets=cfg.num_subsets,
+            max_subset_size=cfg.max_subset_size,
+            seed=derive_seed(cfg.seed, "reference-subsets", client),
+        )
         rows.append(
             {
-                "method": method,
-                "base": base,
-                "seen_kid_before": merged["kid_mean_before"].median(),
-                "seen_kid_after": merged["kid_mean_after"].median(),
-                "difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).median(),
-                "worst_difference": (merged["kid_mean_after"] - merged["kid_mean_before"]).max(),
-                "adaptations": sub["adapted_to"].nunique(),
-                "extractor": sub["extractor"].iloc[0],
+                "client": client,
+                "role": roles.get(client, ""),
+                "kid_mean": mean,
+                "kid_std": std,
+                "n_half": half,
+                "subset_size": min(cfg.max_subset_size, half),
+                "extractor": extractor_name,
             }
         )
-    return pd.DataFrame(rows)
+    columns = ["client", "role", "kid_mean", "kid_std", "n_half", "subset_size", "extractor"]
+    return pd.DataFrame(rows, columns=columns)

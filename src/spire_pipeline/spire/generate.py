@@ -24,10 +24,12 @@ def generate_from(
     progress: bool = False,
     desc: str = "sampling",
     device: torch.device | str | None = None,
+    guidance: float = 1.0,
 ) -> np.ndarray:
     """``num`` uint8 images from ``model`` conditioned on ``emb`` (``None``: a zero embedding).
 
-    Runs on ``device`` (default: where the model is).
+    Runs on ``device`` (default: where the model is). ``guidance``: personalisation guidance
+    towards ``emb`` (:func:`~spire_pipeline.spire.diffusion.guided`; 1 = none).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -49,6 +51,7 @@ def generate_from(
         progress=progress,
         desc=desc,
         device=device,
+        guidance=guidance if emb is not None else 1.0,
     )
 
 
@@ -60,8 +63,10 @@ def generate(
     steps: int | None = None,
     batch_size: int = 100,
     progress: bool = False,
+    guidance: float = 1.0,
 ) -> np.ndarray:
-    """``num`` uint8 images from ``bundle`` for ``client`` (``None``: its shared model)."""
+    """``num`` uint8 images from ``bundle`` for ``client`` (``None``: its shared model), with
+    personalisation ``guidance`` (1 = none)."""
     model, emb = bundle.build(client)
     return generate_from(
         model,
@@ -74,4 +79,5 @@ def generate(
         batch_size,
         progress,
         desc=f"sample {bundle.method}:{client}",
+        guidance=guidance,
     )

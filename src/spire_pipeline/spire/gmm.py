@@ -29,81 +29,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from scipy import stats
 from tqdm.auto import tqdm
 
+from spire_pipeline.spire.config import DDPMConfig, GMMTheoryConfig
 from spire_pipeline.spire.validation import validate_params
 
 #: Rows of R^d drawn per chunk when sampling in full dimension (bounds memory at ~32 MB).
 _CHUNK_ELEMENTS = 1 << 22
-
-
-class DDPMConfig(BaseModel):
-    """DDPM loss (noise schedule, noise levels, quadrature) and gradient descent on ``b``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(5.0, gt=0)
-    iterations: PositiveInt = 40
-    b_init: float = 0.0
-    num_train_timesteps: PositiveInt = 1000
-    beta_start: float = Field(1e-4, gt=0, lt=1)
-    beta_end: float = Field(0.02, gt=0, lt=1)
-    noise_levels: PositiveInt = 8
-    noise_level_sampling: Literal["grid", "random"] = "grid"
-    hermite_nodes: PositiveInt = 12
-
-    @model_validator(mode="after")
-    def _check(self) -> DDPMConfig:
-        if self.beta_end < self.beta_start:
-            raise ValueError(
-                f"beta_end ({self.beta_end}) must be >= beta_start ({self.beta_start})"
-            )
-        if self.noise_levels > self.num_train_timesteps:
-            raise ValueError(
-                f"noise_levels ({self.noise_levels}) must be <= num_train_timesteps "
-                f"({self.num_train_timesteps})"
-            )
-        return self
-
-
-class MLEConfig(BaseModel):
-    """Newton iterations for the maximum-likelihood mixing weight."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_iterations: PositiveInt = 100
-    tol: float = Field(1e-12, gt=0)
-
-
-class GMMTheoryConfig(BaseModel):
-    """Parameters of ``gmm_theory`` (see ``conf/base/parameters_gmm_theory.yml``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = Field(0, ge=0)
-    replicates: int = Field(6, ge=2)
-    dims: list[PositiveInt] = Field(default_factory=lambda: [4**k for k in range(7)], min_length=1)
-    sample_sizes: list[Annotated[int, Field(ge=2)]] = Field(
-        default_factory=lambda: [100, 316, 1000, 3162, 10000], min_length=1
-    )
-    pi: float = Field(0.3, gt=0, lt=1)
-    mu_norm: float = Field(2.0, gt=0)
-    sample_in_full_dimension: bool = True
-    confidence: float = Field(0.95, gt=0, lt=1)
-    ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
-    mle: MLEConfig = Field(default_factory=MLEConfig)
-
-    @field_validator("dims", "sample_sizes")
-    @classmethod
-    def _distinct(cls, values: list[int]) -> list[int]:
-        if len(set(values)) != len(values):
-            raise ValueError(f"values must not repeat, got {values}")
-        return values
 
 
 def load_config(params: dict[str, Any] | None) -> GMMTheoryConfig:
@@ -408,6 +344,8 @@ class LineFit:
     ci_high: float
     stderr: float
     points: int
+    #: mean of the fitted ``y`` (the scale a slope is judged relative to)
+    y_mean: float = float("nan")
 
 
 def fit_line(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> LineFit:
@@ -415,14 +353,14 @@ def fit_line(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> LineFit:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(np.unique(x)) < 2 or len(x) < 3:
         nan = float("nan")
-        return LineFit(nan, nan, nan, nan, nan, len(x))
+        return LineFit(nan, nan, nan, nan, nan, len(x), float(np.mean(y)) if len(y) else nan)
     xc = x - x.mean()
     slope = float(xc @ (y - y.mean()) / (xc @ xc))
     intercept = float(y.mean() - slope * x.mean())
     resid = y - intercept - slope * x
     stderr = float(math.sqrt(resid @ resid / (len(x) - 2) / (xc @ xc)))
     half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 2)) * stderr
-    return LineFit(slope, intercept, slope - half, slope + half, stderr, len(x))
+    return LineFit(slope, intercept, slope - half, slope + half, stderr, len(x), float(y.mean()))
 
 
 def cell_means(columns: dict[str, np.ndarray], value: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,52 +1,39 @@
-"""Non-IID partitioning of a labelled image set into seen and unseen clients.
+"""Non-IID partitioning of a labelled image set into clients with three roles.
 
-Every client owns disjoint images; each client's images are split into train and a
-held-out test split. Schemes: ``dirichlet`` (class proportions ~ Dir(alpha)) and
-``shards`` (``classes_per_client`` classes per client, equal shares).
+- ``seen`` clients take part in federated pretraining; a validation share of each one's train
+  split is held out of pretraining, to justify pretraining choices;
+- ``tuning`` clients never take part in pretraining; they are used only to choose adaptation
+  hyperparameters;
+- ``unseen`` (evaluation) clients never take part in pretraining or tuning; their test splits
+  report the unseen-client results.
+
+Every client owns disjoint images; each client's images are split into train (and, for seen
+clients, validation) and a held-out test split. Tuning clients have the unseen clients' sizes.
+Schemes: ``dirichlet`` (class proportions ~ Dir(alpha)) and ``shards`` (``classes_per_client``
+classes per client, equal shares).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from spire_pipeline.spire.config import PartitionConfig
 from spire_pipeline.spire.validation import ParameterError
 
-
-class PartitionConfig(BaseModel):
-    """Parameters of ``data_partitioning`` (see ``conf/base/parameters_data_partitioning.yml``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
-    scheme: Literal["dirichlet", "shards"] = "shards"
-    alpha: float = Field(0.3, gt=0)
-    classes_per_client: PositiveInt = 2
-    num_seen_clients: PositiveInt = 10
-    num_unseen_clients: int = Field(4, ge=0)
-    seen_client_size: PositiveInt | None = 2000
-    unseen_train_size: PositiveInt = 200
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    min_test_size: PositiveInt = 100
-
-    @model_validator(mode="after")
-    def _check_sizes(self) -> PartitionConfig:
-        if self.seen_client_size is not None and self.seen_client_size <= self.min_test_size:
-            raise ValueError(
-                f"seen_client_size ({self.seen_client_size}) must exceed min_test_size "
-                f"({self.min_test_size}) so that a train split remains"
-            )
-        return self
+#: client roles, in the order splits are listed
+ROLES = ("seen", "tuning", "unseen")
 
 
 @dataclass(frozen=True)
 class ClientSplit:
-    """One client's data: train and test images (N,H,W[,C] uint8) and labels."""
+    """One client's data: train, validation and test images (N,H,W[,C] uint8) and labels.
+
+    The validation split (seen clients only; empty otherwise) is held out of pretraining.
+    """
 
     client: str
     role: str
@@ -56,15 +43,28 @@ class ClientSplit:
     test_labels: np.ndarray
     train_index: np.ndarray
     test_index: np.ndarray
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    val_index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_index is None:  # splits written before validation shares existed
+            empty = self.train_images[:0]
+            object.__setattr__(self, "val_images", empty)
+            object.__setattr__(self, "val_labels", self.train_labels[:0])
+            object.__setattr__(self, "val_index", self.train_index[:0])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays to store (one ``.npz`` per client)."""
         return {
             "train_images": self.train_images,
             "train_labels": self.train_labels,
+            "val_images": self.val_images,
+            "val_labels": self.val_labels,
             "test_images": self.test_images,
             "test_labels": self.test_labels,
             "train_index": self.train_index,
+            "val_index": self.val_index,
             "test_index": self.test_index,
             "role": np.array(self.role),
         }
@@ -79,12 +79,19 @@ class ClientSplit:
         )
 
 
-def client_names(num_seen: int, num_unseen: int) -> tuple[list[str], list[str]]:
-    """Stable client ids: ``seen_00`` ... and ``unseen_00`` ..."""
-    width = max(2, len(str(max(num_seen, num_unseen, 1) - 1)))
-    seen = [f"seen_{i:0{width}d}" for i in range(num_seen)]
-    unseen = [f"unseen_{i:0{width}d}" for i in range(num_unseen)]
-    return seen, unseen
+def client_names(
+    num_seen: int, num_unseen: int, num_tuning: int = 0
+) -> tuple[list[str], list[str]]:
+    """Stable client ids: ``seen_00`` ... and ``unseen_00`` ... (see :func:`role_names`)."""
+    names = role_names(num_seen, num_unseen, num_tuning)
+    return names["seen"], names["unseen"]
+
+
+def role_names(num_seen: int, num_unseen: int, num_tuning: int = 0) -> dict[str, list[str]]:
+    """Client ids per role: ``seen_00`` ..., ``tuning_00`` ..., ``unseen_00`` ..."""
+    counts = {"seen": num_seen, "tuning": num_tuning, "unseen": num_unseen}
+    width = max(2, len(str(max(*counts.values(), 1) - 1)))
+    return {role: [f"{role}_{i:0{width}d}" for i in range(n)] for role, n in counts.items()}
 
 
 def _test_size(n_total: int, cfg: PartitionConfig) -> int:
@@ -98,13 +105,14 @@ def client_sizes(cfg: PartitionConfig, pool_size: int) -> tuple[int, int]:
         math.ceil(cfg.unseen_train_size * cfg.test_fraction / (1 - cfg.test_fraction)),
     )
     n_unseen = cfg.unseen_train_size + n_unseen_test
-    remaining = pool_size - cfg.num_unseen_clients * n_unseen
+    small = cfg.num_unseen_clients + cfg.num_tuning_clients
+    remaining = pool_size - small * n_unseen
     n_seen = cfg.seen_client_size or remaining // cfg.num_seen_clients
     if n_seen * cfg.num_seen_clients > remaining or n_seen <= cfg.min_test_size:
         raise ParameterError(
             "Invalid parameters: data_partitioning asks for more images than the data holds: "
             f"{cfg.num_seen_clients} seen clients x {n_seen} (seen_client_size) + "
-            f"{cfg.num_unseen_clients} unseen clients x {n_unseen} (unseen_train_size "
+            f"{small} unseen and tuning clients x {n_unseen} (unseen_train_size "
             f"{cfg.unseen_train_size} + test) > {pool_size} images available"
         )
     return n_seen, n_unseen
@@ -177,20 +185,20 @@ def partition(images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig) -> l
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     rng = np.random.default_rng(cfg.seed)
     classes = np.unique(labels)
-    seen_ids, unseen_ids = client_names(cfg.num_seen_clients, cfg.num_unseen_clients)
+    names = role_names(cfg.num_seen_clients, cfg.num_unseen_clients, cfg.num_tuning_clients)
+    seen_ids, unseen_ids, tuning_ids = names["seen"], names["unseen"], names["tuning"]
     n_seen, n_unseen = client_sizes(cfg, len(labels))
-    props = _class_proportions(cfg, len(seen_ids) + len(unseen_ids), len(classes), rng)
+    everyone = seen_ids + unseen_ids + tuning_ids
+    props = _class_proportions(cfg, len(everyone), len(classes), rng)
+    prop_of = dict(zip(everyone, props.tolist()))
 
     pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
     available = np.array([len(p) for p in pools])
-    # Unseen clients first: they are small, and must get the classes they were dealt.
-    order = [(cid, "unseen", n_unseen) for cid in unseen_ids] + [
-        (cid, "seen", n_seen) for cid in seen_ids
-    ]
-    prop_of = dict(
-        zip(
-            unseen_ids + seen_ids, props[len(seen_ids) :].tolist() + props[: len(seen_ids)].tolist()
-        )
+    # Small clients first: they must get the classes they were dealt.
+    order = (
+        [(cid, "unseen", n_unseen) for cid in unseen_ids]
+        + [(cid, "tuning", n_unseen) for cid in tuning_ids]
+        + [(cid, "seen", n_seen) for cid in seen_ids]
     )
     splits: list[ClientSplit] = []
     for cid, role, n in order:
@@ -199,8 +207,12 @@ def partition(images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig) -> l
         idx = np.concatenate([[pools[c].pop() for _ in range(k)] for c, k in enumerate(counts)])
         idx = rng.permutation(idx.astype(np.int64))
         available -= counts
-        n_test = _test_size(n, cfg) if role == "seen" else n - cfg.unseen_train_size
-        test_idx, train_idx = np.sort(idx[:n_test]), np.sort(idx[n_test:])
+        seen = role == "seen"
+        n_test = _test_size(n, cfg) if seen else n - cfg.unseen_train_size
+        n_val = round(cfg.validation_fraction * (n - n_test)) if seen else 0
+        test_idx = np.sort(idx[:n_test])
+        val_idx = np.sort(idx[n_test : n_test + n_val])
+        train_idx = np.sort(idx[n_test + n_val :])
         splits.append(
             ClientSplit(
                 client=cid,
@@ -211,22 +223,27 @@ def partition(images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig) -> l
                 test_labels=labels[test_idx],
                 train_index=train_idx,
                 test_index=test_idx,
+                val_images=images[val_idx],
+                val_labels=labels[val_idx],
+                val_index=val_idx,
             )
         )
-    splits.sort(key=lambda s: (s.role != "seen", s.client))
+    splits.sort(key=lambda s: (ROLES.index(s.role), s.client))
     return splits
 
 
 def partition_table(splits: list[ClientSplit], num_classes: int) -> pd.DataFrame:
-    """One row per client: ``client``, ``role``, ``n_train``, ``n_test`` and a count per class."""
+    """One row per client: ``client``, ``role``, ``n_train``, ``n_val``, ``n_test`` and a count
+    per class."""
     rows = []
     for s in splits:
-        all_labels = np.concatenate([s.train_labels, s.test_labels])
+        all_labels = np.concatenate([s.train_labels, s.val_labels, s.test_labels])
         counts = np.bincount(all_labels, minlength=num_classes)
         row = {
             "client": s.client,
             "role": s.role,
             "n_train": len(s.train_labels),
+            "n_val": len(s.val_labels),
             "n_test": len(s.test_labels),
         }
         row.update({f"class_{c}": int(counts[c]) for c in range(num_classes)})
@@ -246,11 +263,13 @@ def partition_statistics(table: pd.DataFrame) -> dict[str, float]:
     global_dist = counts.sum(axis=0) / counts.sum()
     tv = 0.5 * np.abs(dist - global_dist).sum(axis=1)
     seen = (table["role"] == "seen").to_numpy()
+    unseen = (table["role"] == "unseen").to_numpy()
     nonzero = (counts > 0).sum(axis=1)
     stats = {
         "num_clients": float(len(table)),
         "num_seen_clients": float(seen.sum()),
-        "num_unseen_clients": float((~seen).sum()),
+        "num_unseen_clients": float(unseen.sum()),
+        "num_tuning_clients": float((table["role"] == "tuning").sum()),
         "mean_tv_distance": float(tv.mean()),
         "mean_tv_distance_seen": float(tv[seen].mean()) if seen.any() else float("nan"),
         "mean_classes_per_client": float(nonzero.mean()),
@@ -258,7 +277,7 @@ def partition_statistics(table: pd.DataFrame) -> dict[str, float]:
         "total_test_images": float(table["n_test"].sum()),
         "mean_n_train_seen": float(table.loc[seen, "n_train"].mean()) if seen.any() else 0.0,
         "mean_n_train_unseen": (
-            float(table.loc[~seen, "n_train"].mean()) if (~seen).any() else 0.0
+            float(table.loc[unseen, "n_train"].mean()) if unseen.any() else 0.0
         ),
     }
     return stats

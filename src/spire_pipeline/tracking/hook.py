@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
-from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig, _validate_uri
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -69,7 +70,8 @@ class _MetricDatasets:
 
 @contextmanager
 def _store_setup_deferred() -> Iterator[None]:
-    """kedro-mlflow sets MLflow up (and creates a new store) as the session starts: defer it."""
+    """kedro-mlflow sets MLflow up as the session starts, creating a new store (seconds of
+    database migrations) before any input is read: defer it to the first node."""
     setup = KedroMlflowConfig.setup
     KedroMlflowConfig.setup = lambda self, context: None
     try:
@@ -108,6 +110,10 @@ class SpireMlflowHook(MlflowHook):
         self._project_path = Path(context.project_path)
         with _store_setup_deferred():
             super().after_context_created(context)
+        if not self._already_active_mlflow:  # notebooks read runs through the global URI
+            server = self.mlflow_config.server
+            uri = server.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "mlruns")
+            mlflow.set_tracking_uri(_validate_uri(project_path=context.project_path, uri=uri))
 
     def _open_store(self) -> None:
         if not self._already_active_mlflow:

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from spire_pipeline.spire.config import DatasetConfig, PartitionConfig
 from spire_pipeline.spire.partition import (
-    PartitionConfig,
     partition,
     partition_statistics,
     partition_table,
 )
-from spire_pipeline.spire.plots import heatmap
+from spire_pipeline.spire.plots import partition_heatmap
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ def partition_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     return {k: {"value": v, "step": 0} for k, v in stats.items()}
 
 
-def plot_partition_heatmap(table: pd.DataFrame) -> Figure:
-    """Heat map of images per client and class."""
-    classes = [c for c in table.columns if c.startswith("class_")]
-    labels = [f"{c} ({r})" for c, r in zip(table["client"], table["role"])]
-    return heatmap(
-        table[classes].to_numpy(),
-        row_labels=labels,
-        col_labels=[c.removeprefix("class_") for c in classes],
-        title="Images per client and class",
-        xlabel="class",
-        cbar_label="images",
-    )
+def plot_partition_heatmap(table: pd.DataFrame, dataset: dict[str, Any]) -> Figure:
+    """Heat map of images per client and class (classes by name when the dataset names them)."""
+    return partition_heatmap(table, validate_params(DatasetConfig, dataset, "dataset").class_names)

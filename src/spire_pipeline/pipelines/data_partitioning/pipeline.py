@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_partition_heatmap,
-                inputs="partition_table",
+                inputs=["partition_table", "params:dataset"],
                 outputs="partition_heatmap",
                 name="plot_partition_heatmap",
             ),

@@ -13,14 +13,16 @@ from matplotlib.figure import Figure
 
 from spire_pipeline.datasets.partitions import resolve
 from spire_pipeline.spire.bundle import ModelBundle
-from spire_pipeline.spire.config import PretrainingConfig
+from spire_pipeline.spire.config import DatasetConfig, PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.federated import ClientData, config_fingerprint, derive_seed, pretrain
 from spire_pipeline.spire.generate import generate
+from spire_pipeline.spire.heldout import validation_table
+from spire_pipeline.spire.history import history_metrics, history_rows, history_summary
 from spire_pipeline.spire.methods import PRETRAINING
 from spire_pipeline.spire.model import build_backbone, count_parameters
 from spire_pipeline.spire.partition import splits_from_partitions
-from spire_pipeline.spire.plots import image_grid, line_plot
+from spire_pipeline.spire.plots import loss_curves, pretraining_sample_grid
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -57,44 +59,27 @@ def pretrain_methods(
         bundle, history = pretrain(method, cfg, clients, checkpoint=ckpt)
         bundle.info |= {"backbone_params": n_params, "embedding_dim": dim}
         bundles[method] = bundle
-        for rec in history:
-            for client, loss in rec["client_losses"].items():
-                rows.append(
-                    {
-                        **{
-                            k: rec[k]
-                            for k in (
-                                "method",
-                                "round",
-                                "loss_mean",
-                                "bytes_down",
-                                "bytes_up",
-                                "seconds",
-                            )
-                        },
-                        "client": client,
-                        "client_loss": loss,
-                        "num_clients": len(rec["clients"]),
-                        "failed": ",".join(rec["failed"]),
-                    }
-                )
-            step = rec["round"]
-            for key in ("loss_mean", "bytes_down", "bytes_up", "seconds"):
-                metrics.setdefault(f"{method}.{key}", []).append(
-                    {"value": float(rec[key]), "step": step}
-                )
-            for client, loss in rec["client_losses"].items():
-                metrics.setdefault(f"{method}.loss.{client}", []).append(
-                    {"value": loss, "step": step}
-                )
-        last = history[-1] if history else {}
-        log.info(
-            "%s: final mean loss %.4f, %.1f s/round",
-            method,
-            last.get("loss_mean", np.nan),
-            np.mean([h["seconds"] for h in history]) if history else np.nan,
-        )
+        rows += history_rows(history)
+        metrics |= history_metrics(method, history)
+        log.info("%s: final mean loss %.4f, %.1f s/round", method, *history_summary(history))
     return bundles, pd.DataFrame(rows), metrics
+
+
+def validate_pretrained(
+    bundles: dict[str, ModelBundle], client_splits: dict, params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict]:
+    """DDPM loss of every method on the seen clients' validation images (held out)."""
+    cfg = validate_params(PretrainingConfig, params, "federated_pretraining")
+    images = {
+        s.client: to_model_space(s.val_images)
+        for s in splits_from_partitions(client_splits).values()
+        if s.role == "seen"
+    }
+    table = validation_table(resolve(bundles), images, cfg.seed)
+    per_method = table.groupby("method")["val_loss"].mean()
+    log.info("Validation loss (seen clients' held-out images):\n%s", per_method.to_string())
+    metrics = {f"{m}.val_loss": {"value": float(v), "step": 0} for m, v in per_method.items()}
+    return table, metrics
 
 
 def client_embeddings_table(bundles: dict[str, ModelBundle]) -> pd.DataFrame:
@@ -113,34 +98,34 @@ def client_embeddings_table(bundles: dict[str, ModelBundle]) -> pd.DataFrame:
 
 
 def plot_sample_grids(
-    bundles: dict[str, ModelBundle], client_splits: dict, params: dict[str, Any]
+    bundles: dict[str, ModelBundle],
+    client_splits: dict,
+    params: dict[str, Any],
+    dataset: dict[str, Any],
 ) -> dict[str, Figure]:
     """Per method, one row of samples per seen client (real images in the first columns)."""
     cfg = validate_params(PretrainingConfig, params, "federated_pretraining")
-    splits = splits_from_partitions(client_splits)
-    seen = [s for s in splits.values() if s.role == "seen"]
-    n = cfg.grid_samples_per_client
+    class_names = validate_params(DatasetConfig, dataset, "dataset").class_names
+    seen = [s for s in splits_from_partitions(client_splits).values() if s.role == "seen"]
     figs = {}
     for method, bundle in resolve(bundles).items():
-        rows, labels = [], []
+        rows = []
         for k, s in enumerate(seen):
             client = s.client if PRETRAINING[method].per_client else None
-            fake = generate(bundle, client, n, seed=derive_seed(cfg.seed, "grid", k))
-            rows.append(np.concatenate([s.train_images[:3], fake]))
-            labels.append(f"{s.client} {sorted(np.unique(s.train_labels).tolist())}")
-        figs[method] = image_grid(
-            rows, labels, title=f"{method}: 3 real | {n} generated per seen client"
-        )
+            fake = generate(
+                bundle, client, cfg.grid_samples_per_client, seed=derive_seed(cfg.seed, "grid", k)
+            )
+            rows.append(
+                (
+                    s.client,
+                    np.unique(s.train_labels).tolist(),
+                    np.concatenate([s.train_images[:3], fake]),
+                )
+            )
+        figs[method] = pretraining_sample_grid(method, rows, n_real=3, class_names=class_names)
     return figs
 
 
 def plot_loss_curves(history: pd.DataFrame) -> Figure:
-    """Mean local loss per round, one line per method."""
-    per_round = history.groupby(["method", "round"])["loss_mean"].first().reset_index()
-    series = {
-        m: (g["round"].to_numpy(), g["loss_mean"].to_numpy())
-        for m, g in per_round.groupby("method")
-    }
-    return line_plot(
-        series, title="Federated pretraining", xlabel="round", ylabel="mean local DDPM loss"
-    )
+    """Mean local loss per round, one line per method (moving average, log axis)."""
+    return loss_curves(history)

@@ -7,6 +7,7 @@ from spire_pipeline.pipelines.federated_pretraining.nodes import (
     plot_loss_curves,
     plot_sample_grids,
     pretrain_methods,
+    validate_pretrained,
 )
 
 
@@ -21,6 +22,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="pretrain_methods",
             ),
             Node(
+                validate_pretrained,
+                inputs=["pretrained_models", "client_splits", "params:federated_pretraining"],
+                outputs=["pretraining_validation", "pretraining_validation_metrics"],
+                name="validate_pretrained",
+            ),
+            Node(
                 client_embeddings_table,
                 inputs="pretrained_models",
                 outputs="client_embeddings",
@@ -28,7 +35,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_sample_grids,
-                inputs=["pretrained_models", "client_splits", "params:federated_pretraining"],
+                inputs=[
+                    "pretrained_models",
+                    "client_splits",
+                    "params:federated_pretraining",
+                    "params:dataset",
+                ],
                 outputs="pretraining_sample_grids",
                 name="plot_pretraining_sample_grids",
             ),

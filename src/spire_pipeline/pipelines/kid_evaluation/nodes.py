@@ -12,44 +12,36 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from spire_pipeline.datasets.partitions import resolve
-from spire_pipeline.spire.config import KIDConfig
+from spire_pipeline.spire.config import DatasetConfig, KIDConfig
 from spire_pipeline.spire.evaluation import (
     adapted_jobs,
     cached_features,
     evaluate,
-    forgetting_table,
+    kid_extractor,
+    kid_extractor_label,
     kid_summary,
     pretrained_jobs,
+    real_reference,
 )
-from spire_pipeline.spire.features import build_feature_extractor
-from spire_pipeline.spire.model import resolve_device
+from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
 from spire_pipeline.spire.partition import splits_from_partitions
-from spire_pipeline.spire.plots import grouped_bars, image_grid
+from spire_pipeline.spire.plots import kid_bars, kid_sample_grid
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
 
-
-def _extractor(cfg: KIDConfig):
-    return build_feature_extractor(
-        cfg.extractor,
-        cfg.image_size,
-        batch_size=cfg.batch_size,
-        device=str(resolve_device(cfg.device)),
-    )
-
-
-def extractor_label(extractor) -> str:
-    """The extractor's name and input size: KID values are comparable only when both agree."""
-    return f"{extractor.name}_{extractor.image_size}px"
+#: the roles whose clients are evaluated (tuning clients only choose hyperparameters)
+EVALUATED_ROLES = ("seen", "unseen")
 
 
 def real_features(client_splits: dict, params: dict[str, Any]) -> dict[str, np.ndarray]:
     """Features of each client's held-out test images (cached while data and extractor agree)."""
     cfg = validate_params(KIDConfig, params, "kid_evaluation")
-    extractor = _extractor(cfg)
+    extractor = kid_extractor(cfg)
     tests = {
-        c: s.test_images[: cfg.max_real] for c, s in splits_from_partitions(client_splits).items()
+        c: s.test_images[: cfg.max_real]
+        for c, s in splits_from_partitions(client_splits).items()
+        if s.role in EVALUATED_ROLES
     }
     return cached_features(
         tests,
@@ -69,31 +61,55 @@ def evaluate_kid(
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """KID of every (client, method, phase) against the client's test split.
 
-    Phases: ``pretrained`` (every client, every pretrained method), ``adapted`` (unseen clients,
-    every adaptation method) and ``after_adaptation`` (seen clients, with the shared weights as
-    they are after adapting to each unseen client: the forgetting measurement).
+    Phases: ``pretrained`` (seen and evaluation clients, every pretrained method that has a
+    model for them) and ``adapted`` (evaluation clients, every adaptation method).
     """
     cfg = validate_params(KIDConfig, params, "kid_evaluation")
     start = time.perf_counter()
     splits = splits_from_partitions(client_splits)
-    roles = {c: s.role for c, s in splits.items()}
+    roles = {c: s.role for c, s in splits.items() if s.role in EVALUATED_ROLES}
     pretrained = resolve(pretrained_models)
     jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
         resolve(adapted_models), pretrained, roles
     )
-    extractor = _extractor(cfg)
-    table, grids = evaluate(jobs, real_features, extractor, extractor_label(extractor), cfg)
+    table, grids = evaluate(jobs, real_features, kid_extractor(cfg), kid_extractor_label(cfg), cfg)
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
     samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
     return table, samples
 
 
+def evaluate_forgetting(
+    client_splits: dict,
+    pretrained_models: dict,
+    adapted_models: dict,
+    real_features: dict[str, np.ndarray],
+    params: dict[str, Any],
+) -> pd.DataFrame:
+    """KID of the seen population's samples against the pooled seen test images, before and
+    after adapting each method to the first ``forgetting_clients`` evaluation clients."""
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    splits = splits_from_partitions(client_splits)
+    seen = sorted(c for c, s in splits.items() if s.role == "seen")
+    unseen = sorted(c for c, s in splits.items() if s.role == "unseen")
+    return forgetting_kid(
+        resolve(adapted_models),
+        resolve(pretrained_models),
+        seen,
+        np.concatenate([real_features[c] for c in seen]),
+        kid_extractor(cfg),
+        kid_extractor_label(cfg),
+        cfg,
+        adapted_clients=unseen[: cfg.forgetting_clients],
+        draws=cfg.forgetting_draws,
+    )
+
+
 def summarize_kid(
-    table: pd.DataFrame, adaptation_table: pd.DataFrame
+    table: pd.DataFrame, forgetting_kid_table: pd.DataFrame, adaptation_table: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Summary, forgetting and unseen-client tables, and the MLflow metrics (named by extractor)."""
     summary = kid_summary(table)
-    forgetting = forgetting_table(table)
+    forgetting = forgetting_summary(forgetting_kid_table)
     unseen = unseen_client_table(table, adaptation_table)
     log.info("KID summary:\n%s", summary.to_string(index=False))
     log.info("Unseen clients:\n%s", unseen.to_string(index=False))
@@ -105,7 +121,7 @@ def summarize_kid(
     for r in summary.itertuples():
         metrics[f"{ext}.{r.phase}.{r.role}.{r.method}.median"] = {"value": r.kid_median, "step": 0}
     for r in forgetting.itertuples():
-        metrics[f"{ext}.forgetting.{r.method}"] = {"value": r.difference, "step": 0}
+        metrics[f"{ext}.forgetting.{r.method}"] = {"value": r.change, "step": 0}
     return summary, forgetting, unseen, metrics
 
 
@@ -124,25 +140,43 @@ def unseen_client_table(kid_table: pd.DataFrame, adaptation_table: pd.DataFrame)
     return out.reset_index().sort_values("kid_median")
 
 
-def plot_kid_bars(table: pd.DataFrame) -> Figure:
+def real_reference_kid(
+    client_splits: dict, real_features: dict[str, np.ndarray], params: dict[str, Any]
+) -> pd.DataFrame:
+    """KID between two halves of each client's test split: how far from 0 KID lands by chance."""
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    roles = {c: s.role for c, s in splits_from_partitions(client_splits).items()}
+    table = real_reference(real_features, roles, cfg, kid_extractor_label(cfg))
+    log.info(
+        "KID of real vs real (two halves of each client's test split): median %.4g, range "
+        "[%.4g, %.4g]",
+        table["kid_mean"].median(),
+        table["kid_mean"].min(),
+        table["kid_mean"].max(),
+    )
+    return table
+
+
+def plot_kid_bars(table: pd.DataFrame, reference: pd.DataFrame) -> Figure:
     """KID per client and method (error bars: std over subsets), one panel per phase."""
-    return grouped_bars(table, title=f"Per-client KID ({table['extractor'].iloc[0]} features)")
+    return kid_bars(table, reference)
 
 
-def plot_kid_sample_grids(client_splits: dict, samples: dict[str, np.ndarray]) -> dict[str, Figure]:
+def plot_kid_sample_grids(
+    client_splits: dict, samples: dict[str, np.ndarray], dataset: dict[str, Any]
+) -> dict[str, Figure]:
     """One figure per client: a row of real test images, then a row per (method, phase)."""
+    class_names = validate_params(DatasetConfig, dataset, "dataset").class_names
     splits = splits_from_partitions(client_splits)
-    per_client: dict[str, list[tuple[str, np.ndarray]]] = {}
+    per_client: dict[str, list[tuple[str, str, np.ndarray]]] = {}
     for key, imgs in sorted(samples.items()):
         client, method, phase = key.split("__")
-        per_client.setdefault(client, []).append((f"{method} ({phase})", imgs))
+        per_client.setdefault(client, []).append((method, phase, imgs))
     figs = {}
     for client, rows in per_client.items():
-        n = max(len(r[1]) for r in rows)
-        real = splits[client].test_images[:n]
-        figs[client] = image_grid(
-            [real] + [r[1] for r in rows],
-            ["real (test)"] + [r[0] for r in rows],
-            title=f"{client}: real test images and samples per method",
+        s = splits[client]
+        n = max(len(r[2]) for r in rows)
+        figs[client] = kid_sample_grid(
+            client, s.test_images[:n], rows, np.unique(s.test_labels).tolist(), class_names
         )
     return figs

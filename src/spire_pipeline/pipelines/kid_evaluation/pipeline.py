@@ -3,10 +3,12 @@
 from kedro.pipeline import Node, Pipeline
 
 from spire_pipeline.pipelines.kid_evaluation.nodes import (
+    evaluate_forgetting,
     evaluate_kid,
     plot_kid_bars,
     plot_kid_sample_grids,
     real_features,
+    real_reference_kid,
     summarize_kid,
 )
 
@@ -34,15 +36,38 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_kid",
             ),
             Node(
+                evaluate_forgetting,
+                inputs=[
+                    "client_splits",
+                    "pretrained_models",
+                    "adapted_models",
+                    "kid_real_features",
+                    "params:kid_evaluation",
+                ],
+                outputs="forgetting_kid",
+                name="evaluate_forgetting",
+            ),
+            Node(
                 summarize_kid,
-                inputs=["kid_table", "adaptation_table"],
+                inputs=["kid_table", "forgetting_kid", "adaptation_table"],
                 outputs=["kid_summary", "forgetting_table", "unseen_client_table", "kid_metrics"],
                 name="summarize_kid",
             ),
-            Node(plot_kid_bars, inputs="kid_table", outputs="kid_bar_chart", name="plot_kid_bars"),
+            Node(
+                real_reference_kid,
+                inputs=["client_splits", "kid_real_features", "params:kid_evaluation"],
+                outputs="kid_reference_table",
+                name="real_reference_kid",
+            ),
+            Node(
+                plot_kid_bars,
+                inputs=["kid_table", "kid_reference_table"],
+                outputs="kid_bar_chart",
+                name="plot_kid_bars",
+            ),
             Node(
                 plot_kid_sample_grids,
-                inputs=["client_splits", "kid_samples"],
+                inputs=["client_splits", "kid_samples", "params:dataset"],
                 outputs="kid_sample_grids",
                 name="plot_kid_sample_grids",
             ),

@@ -14,7 +14,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "client_splits",
                     "pretrained_models",
-                    "kid_real_features",
                     "params:robustness_sweep",
                     "params:client_adaptation",
                     "params:kid_evaluation",

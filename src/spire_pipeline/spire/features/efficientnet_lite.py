@@ -23,16 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spire_pipeline.spire.features.base import FeatureExtractor
+
 __all__ = [
+    "DEFAULT_IMAGE_SIZE",
     "INPUT_MEAN",
     "INPUT_STD",
     "NATIVE_IMAGE_SIZE",
     "NUM_FEATURES",
     "EfficientNetLite",
+    "build_efficientnet_lite0",
     "efficientnet_lite0",
     "lite0_weights_path",
 ]
 
+#: Input size of the KID extractor unless told otherwise (see benchmarks/kid_input_size.py).
+DEFAULT_IMAGE_SIZE = 64
 #: ImageNet resolution the weights were trained at.
 NATIVE_IMAGE_SIZE = 224
 #: Dimension of the global-pooled penultimate features.
@@ -193,3 +199,20 @@ def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite:
         state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def build_efficientnet_lite0(
+    image_size: int | None, batch_size: int, device: str
+) -> FeatureExtractor:
+    """The KID extractor: global-pooled 1280-d features at ``image_size`` (default 64)."""
+    size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
+    if size < 16:
+        raise ValueError(f"image_size for efficientnet_lite0 must be >= 16, got {size}")
+    model = efficientnet_lite0(pretrained=True).to(device)
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return model.features(model.normalize(x))
+
+    return FeatureExtractor(
+        "efficientnet_lite0", size, NUM_FEATURES, network, batch_size=batch_size, device=device
+    )
