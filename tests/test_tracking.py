@@ -62,9 +62,29 @@ def forgetting_table() -> pd.DataFrame:
         {
             "method": methods,
             "base": ["spire" if m == "spire" else "fedavg" for m in methods],
-            "difference": [0.0, -5.0, 0.1, 0.6, -1.0],
-            "worst_difference": [0.0, -4.0, 0.2, 0.9, -0.8],
+            "change": [0.0, -5.0, 0.1, 0.6, -1.0],
+            "ci_low": [-1.0, -6.0, -0.5, 0.1, -2.0],
+            "ci_high": [1.0, -4.0, 0.7, 1.1, 0.0],
         }
+    )
+
+
+def adaptation_choices() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "method": ADAPTATION,
+            "lr": [1e-3] * 6,
+            "epochs": [1] * 6,
+            "steps": [float("nan")] * 6,
+            "embedding_init": ["mean_seen", "", "", "", "", ""],
+            "tuning_score": [27.0 + i for i in range(6)],
+        }
+    )
+
+
+def pretraining_validation() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"method": ["spire"] * 3 + ["fedavg"] * 3, "val_loss": [0.3, 0.4, 0.5, 0.5, 0.6, 0.7]}
     )
 
 
@@ -85,6 +105,8 @@ def all_metrics() -> dict[str, dict[str, float]]:
         "kid_summary": kid_summary(),
         "unseen_client_table": adaptation_table(),
         "forgetting_table": forgetting_table(),
+        "adaptation_choices": adaptation_choices(),
+        "pretraining_validation": pretraining_validation(),
     }
     out: dict[str, dict[str, float]] = {}
     for name, table in tables.items():
@@ -127,7 +149,7 @@ def test_every_method_gets_the_shared_names() -> None:
         )
     ]
     assert all(s == sharing[0] for s in sharing), sharing
-    assert {"trained_params", "trained_pct", "adapt_seconds", "forgetting"} <= sharing[0]
+    assert {"trained_params", "adapt_seconds", "forgetting", "tuned_lr"} <= sharing[0]
     # pretraining methods line up on the pretraining names
     pretraining = {k for k in metrics["fedavg"] if k.startswith("pretrain_")}
     assert pretraining == {k for k in metrics["spire"] if k.startswith("pretrain_")}
@@ -136,6 +158,7 @@ def test_every_method_gets_the_shared_names() -> None:
         "pretrain_rounds",
         "pretrain_final_loss",
         "pretrain_communication_mb",
+        "pretrain_val_loss",
     }
 
 
@@ -143,7 +166,18 @@ def test_metric_values() -> None:
     metrics = all_metrics()
     assert metrics["lora"]["trained_params"] == 30
     assert metrics["lora"]["adapt_seconds"] == 2.0  # median over clients
-    assert metrics["lora"]["forgetting"] == 0.1 and metrics["lora"]["forgetting_worst"] == 0.2
+    assert metrics["lora"]["forgetting"] == 0.1
+    assert (metrics["lora"]["forgetting_ci_low"], metrics["lora"]["forgetting_ci_high"]) == (
+        -0.5,
+        0.7,
+    )
+    assert metrics["spire"]["tuned_lr"] == 1e-3 and metrics["spire"]["tuning_score"] == 27.0
+    assert "tuned_steps" not in metrics["spire"]  # NaN: not chosen
+    assert metrics["spire"]["pretrain_val_loss"] == 0.4
+    older = forgetting_table().rename(columns={"change": "difference"})
+    older["worst_difference"] = 9.0
+    assert method_metrics.from_forgetting_table(older)["lora"]["forgetting_worst"] == 9.0
+    assert method_metrics.from_forgetting_table(older)["lora"]["forgetting"] == 0.1
     fedavg = metrics["fedavg"]
     assert fedavg["pretrain_rounds"] == 2
     assert fedavg["pretrain_seconds"] == 8.0  # per round, not per client row

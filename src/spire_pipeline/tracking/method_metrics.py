@@ -11,12 +11,17 @@ metric                                    from
 ``kid_unseen_median``, ``_worst``         ``kid_summary``: adapted model, unseen clients (a
                                           method that does not adapt: its pretrained model)
 ``kid_seen_after_adaptation_median``      ``kid_summary``: seen clients, after adaptation
-``forgetting``, ``forgetting_worst``      ``forgetting_table``: seen KID after minus before
+``forgetting``, ``_ci_low``, ``_ci_high``  ``forgetting_table``: seen KID after minus before
+                                          adapting (``change``, or ``difference``), its CI
+``forgetting_worst``                      ``forgetting_table``: ``worst_difference``
 ``trained_params``, ``trained_pct``       ``adaptation_table`` (or ``unseen_client_table``)
 ``adapt_seconds``, ``adapt_final_loss``   ``adaptation_table``: median over clients
 ``pretrain_seconds``, ``_rounds``         ``pretraining_history``: sum over rounds, rounds
 ``pretrain_final_loss``                   ``pretraining_history``: last round's mean loss
 ``pretrain_communication_mb``             ``pretraining_history``: bytes sent both ways
+``pretrain_val_loss``                     ``pretraining_validation``: median over clients
+``tuned_lr``, ``_steps``, ``_epochs``     ``adaptation_choices``: chosen on tuning clients
+``tuning_score``                          ``adaptation_choices``: the choice's score
 ``sweep_kid_*`` (median, best, worst)     ``sweep_table``: KID over the lr x epochs grid
 ``sweep_spread``, ``_diverged_cells``     ``sweep_table``: worst / best, diverged cells
 ========================================  =================================================
@@ -46,6 +51,8 @@ KID_METRICS = (
 )
 OTHER_METRICS = (
     "forgetting",
+    "forgetting_ci_low",
+    "forgetting_ci_high",
     "forgetting_worst",
     "trained_params",
     "trained_pct",
@@ -55,6 +62,11 @@ OTHER_METRICS = (
     "pretrain_rounds",
     "pretrain_final_loss",
     "pretrain_communication_mb",
+    "pretrain_val_loss",
+    "tuned_lr",
+    "tuned_steps",
+    "tuned_epochs",
+    "tuning_score",
     "sweep_kid_median",
     "sweep_kid_best",
     "sweep_kid_worst",
@@ -115,15 +127,53 @@ def from_kid_summary(table: pd.DataFrame) -> MethodMetrics:
     return out
 
 
-def from_forgetting_table(table: pd.DataFrame) -> MethodMetrics:
-    """``forgetting`` (and its worst case) per method."""
+def _columns(table: pd.DataFrame, names: dict[str, str]) -> MethodMetrics:
+    """``{method: {metric: value}}`` from the columns ``names`` maps to metric names (one row
+    per method); a metric already taken by an earlier column is kept."""
     out: MethodMetrics = {}
     if not _has(table, "method"):
         return out
-    for column, name in (("difference", "forgetting"), ("worst_difference", "forgetting_worst")):
+    for column, name in names.items():
         if column in table.columns:
             for method, value in zip(table["method"], table[column]):
-                _put(out, method, name, value)
+                if name not in out.get(str(method), {}):
+                    _put(out, method, name, value)
+    return out
+
+
+def from_forgetting_table(table: pd.DataFrame) -> MethodMetrics:
+    """``forgetting`` (seen-client KID after minus before adapting), its CI and worst case."""
+    return _columns(
+        table,
+        {
+            "change": "forgetting",
+            "difference": "forgetting",
+            "ci_low": "forgetting_ci_low",
+            "ci_high": "forgetting_ci_high",
+            "worst_difference": "forgetting_worst",
+        },
+    )
+
+
+def from_adaptation_choices(table: pd.DataFrame) -> MethodMetrics:
+    """The hyperparameters chosen for each adaptation method on the tuning clients."""
+    return _columns(
+        table,
+        {
+            "lr": "tuned_lr",
+            "steps": "tuned_steps",
+            "epochs": "tuned_epochs",
+            "tuning_score": "tuning_score",
+        },
+    )
+
+
+def from_pretraining_validation(table: pd.DataFrame) -> MethodMetrics:
+    """Validation DDPM loss per pretraining method (median over seen clients)."""
+    out: MethodMetrics = {}
+    if _has(table, "method", "val_loss"):
+        for method, value in table.groupby("method")["val_loss"].median().items():
+            _put(out, method, "pretrain_val_loss", value)
     return out
 
 
@@ -148,14 +198,7 @@ def from_adaptation_table(table: pd.DataFrame) -> MethodMetrics:
 
 def from_unseen_client_table(table: pd.DataFrame) -> MethodMetrics:
     """Parameters trained per method (when the adaptation table is not at hand)."""
-    out: MethodMetrics = {}
-    if not _has(table, "method"):
-        return out
-    for column in ("trained_params", "trained_pct"):
-        if column in table.columns:
-            for method, value in zip(table["method"], table[column]):
-                _put(out, method, column, value)
-    return out
+    return _columns(table, {"trained_params": "trained_params", "trained_pct": "trained_pct"})
 
 
 def from_pretraining_history(table: pd.DataFrame) -> MethodMetrics:
@@ -203,6 +246,8 @@ READERS: dict[str, tuple[Callable[[pd.DataFrame], MethodMetrics], str | None]] =
     "kid_summary": (from_kid_summary, None),
     "unseen_client_table": (from_unseen_client_table, "adaptation"),
     "forgetting_table": (from_forgetting_table, None),
+    "adaptation_choices": (from_adaptation_choices, "adaptation"),
+    "pretraining_validation": (from_pretraining_validation, "pretraining"),
     "sweep_table": (from_sweep_table, "robustness sweep"),
 }
 
