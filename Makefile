@@ -11,7 +11,7 @@ export COLUMNS ?= 160
 export FLWR_HOME := $(CURDIR)/tmp/flwr
 export RAY_TMPDIR := $(CURDIR)/tmp/ray
 
-.PHONY: setup data run quick test lint viz mlflow-ui benchmark clean
+.PHONY: setup data run quick test lint viz mlflow-ui compare benchmark clean
 
 ## setup: create .venv, install the pinned dependencies and the project, obtain Fashion-MNIST
 setup: $(VENV)/.installed data
@@ -52,8 +52,13 @@ viz: $(VENV)/.installed
 mlflow-ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
+## compare: the methods of the latest run side by side (MLflow child runs, one per method)
+compare: $(VENV)/.installed
+	$(BIN)/python -m spire_pipeline.compare
+
 benchmark: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
+## clean: temporary files, builds and the MLflow store (mlflow.db and mlruns/ go together)
 clean:
-	rm -rf tmp build mlruns
+	rm -rf tmp build mlruns mlflow.db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_mlflow_run_recorded(quick_run, quick_params) -> None:
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "data_partitioning"
+    assert run.info.run_name == "data_partitioning · quick · seed 0"
     params = run.data.params
     assert params["data_partitioning.seed"] == str(quick_params["seed"])
     assert params["data_partitioning.num_seen_clients"] == str(quick_params["num_seen_clients"])
@@ -142,3 +143,27 @@ def test_registry_lists_the_pipelines(project_copy, kedro_cli) -> None:
     result = kedro_cli(project_copy, "registry", "list", timeout=120)
     listed = {line.strip().removeprefix("- ") for line in result.stdout.splitlines()}
     assert {"data_partitioning", "__default__"} <= listed, result.tail()
+
+
+def test_a_copied_project_writes_mlflow_artifacts_into_its_own_folder(
+    quick_run, tmp_path, run_kedro
+) -> None:
+    """MLflow stores absolute artifact paths: a copy must not write into the original."""
+    import mlflow
+
+    project, _ = quick_run
+    copy = tmp_path / "copied" / "spire-pipeline"
+    shutil.copytree(project, copy, symlinks=True)
+    original = {p for p in (project / "mlruns").rglob("*") if p.is_file()}
+    assert original
+    run_kedro(copy, "--pipeline", "data_partitioning", "--env", "quick", timeout=240)
+    assert {p for p in (project / "mlruns").rglob("*") if p.is_file()} == original
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spire_pipeline")
+    assert Path(experiment.artifact_location).is_relative_to(copy)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    for run in runs:  # the copied run too: its artifacts were copied along
+        local = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert local.is_relative_to(copy), run.info.artifact_uri
+        assert (local / "data_partitioning" / "partition_table.csv").is_file()

@@ -247,7 +247,7 @@ def test_reporting_tables(main_run, clients) -> None:
 
 def test_mlflow_metrics_and_artifacts(main_run) -> None:
     project, _ = main_run
-    client, run = mlflow_run(project, "__default__")
+    client, run = mlflow_run(project, "__default__ · quick · seed 0")
     assert run.info.status == "FINISHED"
     (extractor,) = set(
         pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))["extractor"]
@@ -273,6 +273,70 @@ def test_mlflow_metrics_and_artifacts(main_run) -> None:
         "reporting/run_report/report.md",
         "reporting/run_report/figures/kid_bar_chart.png",
     } <= files
+
+
+def test_mlflow_parent_run_names_and_tags(main_run) -> None:
+    project, _ = main_run
+    _, run = mlflow_run(project, "__default__ · quick · seed 0")
+    tags = run.data.tags
+    assert tags["env"] == "quick" and tags["seed"] == "0" and tags["pipeline"] == "__default__"
+    assert tags["command"] == tags["kedro_command"] == "kedro run --env quick"
+    assert tags["dataset"] == "fashion-mnist"
+    assert tags["partition_scheme"].startswith(quick("data_partitioning")["scheme"])
+    assert tags["git_commit"] == "unknown"  # the project copy is no git checkout
+    assert not any(k == "runner" or "object at 0x" in v for k, v in tags.items()), tags
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(project)
+
+
+def test_mlflow_child_run_per_method_with_shared_metric_names(main_run) -> None:
+    project, _ = main_run
+    client, parent = mlflow_run(project, "__default__ · quick · seed 0")
+    experiment = parent.info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_method = {r.data.tags["method"]: r for r in children}
+    pretraining = set(quick("federated_pretraining")["methods"])
+    adaptation = set(quick("client_adaptation")["methods"])
+    assert set(by_method) == pretraining | adaptation and len(children) == len(by_method)
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert all(r.info.run_name == m for m, r in by_method.items())
+    (extractor,) = set(
+        pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))["extractor"]
+    )
+    for method, run in by_method.items():
+        names = set(run.data.metrics)
+        assert all(np.isfinite(v) for v in run.data.metrics.values()), method
+        phases = run.data.tags["phase"].split("+")
+        assert ("pretraining" in phases) == (method in pretraining), method
+        assert ("adaptation" in phases) == (method in adaptation), method
+        if method in pretraining:
+            assert {f"kid_seen_median.{extractor}", "pretrain_seconds"} <= names, method
+            assert "pretrain_val_loss" in names, method
+        if method in adaptation:
+            assert {f"kid_unseen_median.{extractor}", "trained_params", "trained_pct"} <= names
+            assert {"adapt_seconds", "tuned_lr", "tuning_score"} <= names, method
+    # the adaptation baselines that share weights line up on exactly the same metric names
+    shared = [set(by_method[m].data.metrics) for m in adaptation - pretraining - {"scratch"}]
+    assert shared and all(names == shared[0] for names in shared), shared
+    assert "forgetting" in shared[0]
+    table = pd.read_csv(versioned(project, "data/07_model_output/adaptation_table.csv"))
+    spire = table[table["method"] == "spire"]
+    assert by_method["spire"].data.metrics["trained_params"] == spire["trained_params"].median()
+
+
+def test_compare_prints_the_methods_side_by_side(main_run, capsys) -> None:
+    from spire_pipeline import compare
+
+    project, _ = main_run
+    assert compare.main(["--project", str(project)]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    methods = set(quick("federated_pretraining")["methods"]) | set(
+        quick("client_adaptation")["methods"]
+    )
+    header = next(line for line in out.splitlines() if "spire" in line.split())
+    assert set(header.split()) == methods, out
+    assert "__default__ · quick · seed 0" in out
+    assert any(line.startswith("kid_unseen_median") for line in out.splitlines()), out
 
 
 def test_registry_lists_every_pipeline(main_run, kedro_cli) -> None:
@@ -312,6 +376,13 @@ def test_robustness_sweep_after_the_main_job(sweep_run, tuning_clients) -> None:
     pngs = sorted((heatmaps / one_version(heatmaps)).iterdir())
     assert [p.name for p in pngs] == sorted(f"{m}.png" for m in params["methods"])
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
-    _, run = mlflow_run(project, "robustness_sweep")
+    client, run = mlflow_run(project, "robustness_sweep · quick · seed 0")
     assert run.info.status == "FINISHED"
     assert any(k.startswith("sweep.") for k in run.data.metrics)
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert {r.data.tags["method"] for r in children} == set(params["methods"])
+    (extractor,) = set(table["extractor"])
+    for child in children:
+        assert {f"sweep_kid_median.{extractor}", "sweep_spread"} <= set(child.data.metrics)

@@ -303,7 +303,8 @@ def test_mlflow_run_has_round_metrics_and_artifacts(quick_run, quick_params) -> 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("spire_pipeline")
     runs = client.search_runs(
-        [experiment.experiment_id], "attributes.run_name = 'federated_pretraining'"
+        [experiment.experiment_id],
+        "attributes.run_name = 'federated_pretraining · quick · seed 0'",
     )
     assert len(runs) == 1
     run = runs[0]

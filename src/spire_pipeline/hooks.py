@@ -1,5 +1,9 @@
 """Project hooks: parameters validated before any node runs; chosen outputs logged to MLflow;
-the run's metadata handed to the report, and the report's path logged last."""
+the run's metadata handed to the report, and the report's path logged last.
+
+:data:`PARAMETER_MODELS` is the single registry of parameter schemas: a parameters section
+without an entry here is an unknown section (a typo), rejected before any work.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import importlib
 import logging
 import os
 import platform
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,13 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
-from spire_pipeline.spire.validation import ParameterError, validate_params
+from spire_pipeline.spire.validation import check_sections, validate_params
+from spire_pipeline.tracking import run_info
 
 log = logging.getLogger(__name__)
 
-#: parameters.yml section -> "module:Model" of the pydantic model that validates it
+#: parameters.yml section -> "module:Model" of the pydantic model that validates it (every
+#: section needs one: ``kedro run --params`` and the parameters files are checked against it)
 PARAMETER_MODELS: dict[str, str] = {
     "data_partitioning": "spire_pipeline.spire.config:PartitionConfig",
     "federated_pretraining": "spire_pipeline.spire.config:PretrainingConfig",
@@ -33,20 +38,18 @@ PARAMETER_MODELS: dict[str, str] = {
 }
 
 
-def _model(path: str) -> Any | None:
+def _model(path: str) -> Any:
     module, name = path.split(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+    return getattr(importlib.import_module(module), name)
 
 
 def validate_all(parameters: dict[str, Any]) -> None:
-    """Validate each known section present in ``parameters``; raise ``ParameterError``."""
+    """Validate every section of ``parameters``: an unknown section, an unknown key or a bad
+    value raises one ``ParameterError`` naming the parameter, its value and what is allowed."""
+    check_sections(parameters, PARAMETER_MODELS, f"{__name__}.PARAMETER_MODELS")
     for section, path in PARAMETER_MODELS.items():
-        model = _model(path)
-        if section in parameters and model is not None:
-            validate_params(model, parameters[section], section)
+        if section in parameters:
+            validate_params(_model(path), parameters[section], section)
 
 
 class ParameterValidationHook:
@@ -55,14 +58,8 @@ class ParameterValidationHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
-        try:
-            validate_all(parameters)
-        except ParameterError:
-            # Kedro calls no on_pipeline_error hook when before_pipeline_run fails: close the
-            # MLflow run kedro-mlflow has just opened, or it would be recorded as FINISHED.
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status="FAILED")
-            raise
+        # raises ParameterError; no MLflow run is open yet (it opens with the first node)
+        validate_all(parameters)
         log.info(
             "Parameters validated: %s", ", ".join(s for s in PARAMETER_MODELS if s in parameters)
         )
@@ -114,24 +111,10 @@ class MlflowArtifactHook:
 
 def _git_commit(project: Path) -> str:
     """The checked-out commit (short), marked when the work tree has uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(project), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(project), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    commit, dirty = run_info.git_commit(project)
+    if commit == "unknown":
         return "unknown (not a git checkout)"
-    return f"{head} (with uncommitted changes)" if dirty else head
+    return f"{commit[:12]} (with uncommitted changes)" if dirty else commit[:12]
 
 
 def run_metadata(run_params: dict[str, Any]) -> dict[str, Any]:
@@ -163,12 +146,21 @@ class RunMetadataHook:
     def __init__(self) -> None:
         self._catalog = None
         self._report_saved = False
+        self._run_params: dict[str, Any] = {}
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        self._catalog, self._report_saved = catalog, False
+        self._catalog, self._report_saved, self._run_params = catalog, False, run_params
         if pipeline is not None and self.METADATA in pipeline.inputs():
             catalog[self.METADATA] = run_metadata(run_params)
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        """Refresh the metadata for the node that reads it: the MLflow run (its id goes in the
+        report) opens only when the first node starts."""
+        if self.METADATA in inputs:
+            return {self.METADATA: run_metadata(self._run_params)}
+        return None
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:

@@ -3,8 +3,13 @@
 from kedro.config import OmegaConfigLoader
 
 from spire_pipeline.hooks import MlflowArtifactHook, ParameterValidationHook, RunMetadataHook
+from spire_pipeline.tracking.hook import SpireMlflowHook
 
-HOOKS = (ParameterValidationHook(), MlflowArtifactHook(), RunMetadataHook())
+# SpireMlflowHook is kedro-mlflow's hook arranged for comparing methods (one child run per
+# method, a lazily opened, well-named parent run): it replaces the plugin's own.
+# Hooks run in reverse order: RunMetadataHook's line (where the report is) comes last.
+HOOKS = (RunMetadataHook(), ParameterValidationHook(), SpireMlflowHook(), MlflowArtifactHook())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

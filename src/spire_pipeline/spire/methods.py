@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: parameter schemas import this module, fast, without torch
+    from torch import nn
 
 #: parameter-name prefixes of the personal output head (FedPer, the ``head`` baseline)
 HEAD_PREFIXES = ("conv_norm_out.", "conv_out.")

@@ -26,7 +26,6 @@ from spire_pipeline.spire.plots.style import (
     method_order,
     new_figure,
 )
-from spire_pipeline.spire.sweep import cell_table
 
 #: phase -> how a sample-grid row names it
 _SHORT_PHASES = {"pretrained": "pretrained", "adapted": "adapted", "sweep": "sweep cell"}
@@ -181,6 +180,8 @@ def sweep_heatmaps(table: pd.DataFrame) -> dict[str, Figure]:
     All methods share one colour scale, so that their maps can be compared side by side. A cell
     in which any client diverged is blank and says how many did ("1/2 diverged").
     """
+    from spire_pipeline.spire.sweep import cell_table  # imports torch: only when drawn
+
     cells = cell_table(table)
     grids, status = {}, {}
     for method in method_order(cells["method"]):
