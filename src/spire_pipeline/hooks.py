@@ -23,6 +23,9 @@ PARAMETER_MODELS: dict[str, str] = {
     "client_adaptation": "spire_pipeline.spire.config:AdaptationConfig",
     "robustness_sweep": "spire_pipeline.spire.config:SweepConfig",
     "gmm_theory": "spire_pipeline.spire.gmm:GMMTheoryConfig",
+    "personalize": "spire_pipeline.spire.personalize:PersonalizeConfig",
+    "generate": "spire_pipeline.spire.serving:GenerateConfig",
+    "diffusers_export": "spire_pipeline.spire.export:ExportConfig",
 }
 
 

@@ -9,18 +9,28 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "ClientImagesDataset": "client_images_dataset",
+    "DiffusersExportDataset": "diffusers_export_dataset",
     "IDXImageDataset": "image_datasets",
     "NpzImageDataset": "image_datasets",
     "ModelBundleDataset": "model_bundle_dataset",
     "NpzDataset": "npz_dataset",
+    "OptionalDataset": "optional_dataset",
+    "PersonalEmbeddingsDataset": "personal_embeddings",
+    "PngImageDataset": "png_dataset",
     "VersionedPartitionedDataset": "versioned_partitions",
 }
 
 __all__ = [
+    "ClientImagesDataset",
+    "DiffusersExportDataset",
     "IDXImageDataset",
     "ModelBundleDataset",
     "NpzDataset",
     "NpzImageDataset",
+    "OptionalDataset",
+    "PersonalEmbeddingsDataset",
+    "PngImageDataset",
     "VersionedPartitionedDataset",
 ]
 
