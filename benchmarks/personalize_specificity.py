@@ -11,7 +11,7 @@ labels every sample; the table gives the share of samples in the pair's classes 
 more specific; chance 0.2 for two of ten classes) and the total-variation distance of their
 label histogram from the pair's 50/50 distribution (lower is better).
 Usage: python benchmarks/personalize_specificity.py [--env quick] [--pairs 1,7 0,9 3,8]
-       [--images 50] [--samples 64] [--steps N] [--seed 0]
+       [--images 50] [--samples 64] [--steps N] [--seed 0] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from _personal import project_config, two_class_folder
 
 from spire_pipeline.datasets.partitions import resolve
@@ -47,7 +48,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--classifier-images", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     catalog, params = project_config(args.env)
     train, test = catalog.load("raw_train"), catalog.load("raw_test")
     n = args.classifier_images

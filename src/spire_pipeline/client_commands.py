@@ -17,12 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: command -> (pipeline, parameter section)
-PIPELINES = {
-    "personalize": ("personalize", "personalize"),
-    "generate": ("generate", "generate"),
-    "export": ("diffusers_export", "diffusers_export"),
-}
+#: command -> the pipeline it runs (whose parameters are the section of the same name)
+PIPELINES = {"personalize": "personalize", "generate": "generate", "export": "diffusers_export"}
 COMMANDS = tuple(PIPELINES)
 EXIT_BAD_INPUT = 2
 
@@ -38,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--project", type=Path, default=Path.cwd(), help="project folder (default: here)"
     )
-    common.add_argument("--device", help="auto (default), cpu or cuda")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -54,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (default: the method's choice)")
     p.add_argument("--lr", type=float, help="embedding learning rate (default: likewise)")
     p.add_argument("--validation-share", type=float, dest="validation_share")
+    p.add_argument("--device", help="auto (default: a GPU when there is one), cpu or cuda")
 
     g = sub.add_parser(
         "generate",
@@ -66,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver++"])
     g.add_argument("--steps", type=int, help="sampler steps")
+    g.add_argument("--device", help="auto (default: a GPU when there is one), cpu or cuda")
 
     e = sub.add_parser(
         "export",
@@ -89,7 +86,7 @@ _NOT_PARAMS = {"command", "env", "project", "out"}
 
 def runtime_params(args: argparse.Namespace) -> dict[str, Any]:
     """The command's options as runtime parameters (``{section: {key: value}}``)."""
-    _, section = PIPELINES[args.command]
+    section = PIPELINES[args.command]
     given = {k: v for k, v in vars(args).items() if k not in _NOT_PARAMS and v is not None}
     if "images" in given:
         given["images"] = str(Path(given["images"]).expanduser().resolve())
@@ -141,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command's pipeline, report what it wrote."""
     args = build_parser().parse_args(argv)
     project = args.project.resolve()
-    pipeline, _ = PIPELINES[args.command]
+    pipeline = PIPELINES[args.command]
     try:
         version = run_pipeline(project, args.env, pipeline, runtime_params(args))
     except Exception as exc:  # one line, not a page of traceback

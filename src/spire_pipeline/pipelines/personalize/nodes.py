@@ -13,6 +13,7 @@ from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.client_images import ImageSet, fit_images
 from spire_pipeline.spire.config import AdaptationConfig
 from spire_pipeline.spire.generate import generate_from
+from spire_pipeline.spire.model import resolve_device
 from spire_pipeline.spire.personalize import (
     BASE_METHOD,
     PersonalizeConfig,
@@ -115,11 +116,16 @@ def plot_personal_samples(
     cfg = validate_params(PersonalizeConfig, params, "personalize")
     spire = pretrained_base(pretrained_models)
     model, _ = spire.build(None)
+    device = resolve_device(cfg.device)
     n = cfg.grid_samples
     emb = personal_preview["bundle"].embeddings[cfg.name]
     rows = [personal_preview["heldout"][:n]]
     for e in (personal_preview["initial"], emb):
-        rows.append(generate_from(model, e, spire.backbone_cfg, spire.diffusion_cfg, n, cfg.seed))
+        rows.append(
+            generate_from(
+                model, e, spire.backbone_cfg, spire.diffusion_cfg, n, cfg.seed, device=device
+            )
+        )
     return image_grid(
         rows,
         ["held-out real", "before", "after"],
