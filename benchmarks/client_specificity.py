@@ -1,11 +1,12 @@
 """Do each seen client's samples follow that client's classes?
 
-Trains a small CNN classifier (seeded) on the seen clients' pooled train splits, then samples
-``--samples`` images per seen client from the newest pretrained ``spire`` bundle (the client's
-own embedding) and ``fedavg`` bundle (one shared model), both with their own sampler. A
-sample *agrees* when the classifier puts it in one of the client's classes. ``fedavg`` ignores
-the client, so its agreement is the reference a client-specific model must beat. The
-classifier's accuracy on the seen clients' test splits is printed so its errors can be judged.
+Trains the core's small CNN classifier (``spire/specificity.py``, seeded) on the seen
+clients' pooled train splits, then samples ``--samples`` images per seen client from the
+newest pretrained ``spire`` bundle (the client's own embedding) and ``fedavg`` bundle (one
+shared model), both with their own sampler. A sample *agrees* when the classifier puts it in
+one of the client's classes. ``fedavg`` ignores the client, so its agreement is the reference a
+client-specific model must beat. The classifier's accuracy on the seen clients' test splits is
+printed so its errors can be judged.
 Prints a table. Usage: python benchmarks/client_specificity.py [--samples 64] [--seed 0]
 """
 
@@ -14,43 +15,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 from _latest import client_splits, newest
-from torch import nn
 from tqdm.auto import tqdm
 
 from spire_pipeline.datasets import ModelBundleDataset
-from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.generate import generate
 from spire_pipeline.spire.methods import PRETRAINING
-
-
-def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, epochs: int = 3
-) -> nn.Module:
-    """A two-conv CNN, Adam 1e-3, batch 128."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(images.shape[1], 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(7),
-        nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(), nn.Linear(128, num_classes),
-    )  # fmt: skip
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="classifier epochs"):
-        order = torch.randperm(len(images), generator=g)
-        for i in range(0, len(images), 128):
-            b = order[i : i + 128]
-            loss = nn.functional.cross_entropy(net(images[b]), labels[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
-@torch.inference_mode()
-def predict(net: nn.Module, images: np.ndarray) -> np.ndarray:
-    return net(to_model_space(images)).argmax(1).numpy()
+from spire_pipeline.spire.specificity import accuracy, predict, share_in_classes, train_classifier
 
 
 def main() -> None:
@@ -59,10 +30,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     seen = client_splits("seen")
-    x = to_model_space(np.concatenate([s.train_images for s in seen]))
-    y = torch.as_tensor(np.concatenate([s.train_labels for s in seen])).long()
-    net = train_classifier(x, y, int(y.max()) + 1, args.seed)
-    acc = np.mean(np.concatenate([predict(net, s.test_images) == s.test_labels for s in seen]))
+    x = np.concatenate([s.train_images for s in seen])
+    y = np.concatenate([s.train_labels for s in seen])
+    net = train_classifier(x, y, int(y.max()) + 1, args.seed, progress=True)
+    acc = accuracy(
+        net,
+        np.concatenate([s.test_images for s in seen]),
+        np.concatenate([s.test_labels for s in seen]),
+    )
     version = newest("data/06_models/pretrained")
     bundles = {
         m: ModelBundleDataset(filepath=str(version / f"{m}.safetensors")).load()
@@ -81,7 +56,7 @@ def main() -> None:
         for m, b in bundles.items():
             client = s.client if PRETRAINING[m].per_client else None
             imgs = generate(b, client, args.samples, args.seed + k)
-            row.append(float(np.isin(predict(net, imgs), classes).mean()))
+            row.append(share_in_classes(predict(net, imgs), classes))
         table.append(row)
         names = ",".join(str(c) for c in classes)
         print(f"{s.client:>8} {names:>8} " + " ".join(f"{v:>7.2f}" for v in row))

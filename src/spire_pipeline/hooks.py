@@ -35,6 +35,9 @@ PARAMETER_MODELS: dict[str, str] = {
     "gmm_theory": "spire_pipeline.spire.config:GMMTheoryConfig",
     "dataset": "spire_pipeline.spire.config:DatasetConfig",
     "reporting": "spire_pipeline.spire.config:ClaimsConfig",
+    "personalize": "spire_pipeline.spire.config:PersonalizeConfig",
+    "generate": "spire_pipeline.spire.config:GenerateConfig",
+    "diffusers_export": "spire_pipeline.spire.config:ExportConfig",
 }
 
 

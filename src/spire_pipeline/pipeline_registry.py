@@ -28,6 +28,9 @@ STAGES = {
     "robustness_sweep": "sweep",
     "gmm_theory": "theory",
     "reporting": "report",
+    "personalize": "personalize",
+    "generate": "generate",
+    "diffusers_export": "export",
 }
 
 

@@ -9,21 +9,31 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "ClientImagesDataset": "client_images_dataset",
+    "DiffusersExportDataset": "diffusers_export_dataset",
     "FigureDataset": "figure_dataset",
     "IDXImageDataset": "image_datasets",
-    "NpzImageDataset": "image_datasets",
     "ModelBundleDataset": "model_bundle_dataset",
     "NpzDataset": "npz_dataset",
+    "NpzImageDataset": "image_datasets",
+    "OptionalDataset": "optional_dataset",
+    "PersonalEmbeddingsDataset": "personal_embeddings",
+    "PngImageDataset": "png_dataset",
     "ReportDataset": "report_dataset",
     "VersionedPartitionedDataset": "versioned_partitions",
 }
 
 __all__ = [
+    "ClientImagesDataset",
+    "DiffusersExportDataset",
     "FigureDataset",
     "IDXImageDataset",
     "ModelBundleDataset",
     "NpzDataset",
     "NpzImageDataset",
+    "OptionalDataset",
+    "PersonalEmbeddingsDataset",
+    "PngImageDataset",
     "ReportDataset",
     "VersionedPartitionedDataset",
 ]

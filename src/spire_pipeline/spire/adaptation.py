@@ -159,7 +159,8 @@ def adapt(
 ) -> Adapted:
     """Adapt ``method`` to ``client`` with the budget ``local`` (default ``cfg.local``).
 
-    ``snapshot_steps``: also return the adapted parameters as they were after these steps.
+    ``snapshot_steps``: also return the adapted parameters as they were after these steps
+    (``0``: as they were before the first step).
     """
     local = local or cfg.local
     spec = ADAPTATION[method]
@@ -221,6 +222,8 @@ def adapt(
                 {k: v for g in groups for k, v in g.params.items()}, {"steps": step}
             )
 
+    if 0 in wanted:
+        on_step(0)
     sha_before = backbone_sha(state_of(model))
     start = time.perf_counter()
     result = local_train(

@@ -21,7 +21,12 @@ from pydantic import (
     model_validator,
 )
 
-from spire_pipeline.spire.methods import ADAPTATION_METHODS, PRETRAINING_METHODS
+from spire_pipeline.spire.methods import (
+    ADAPTATION,
+    ADAPTATION_METHODS,
+    PRETRAINING_METHODS,
+    PROPOSED,
+)
 
 
 class _Strict(BaseModel):
@@ -297,3 +302,71 @@ class ClaimsConfig(_Strict):
         if not lo < -0.5 < hi:
             raise ValueError(f"theory_n_slope must contain -0.5, got {list(self.theory_n_slope)}")
         return self
+
+
+# --------------------------------------------------------------------------- your own client
+
+
+#: a client name is also a file name: letters, digits, ``_ . -``; no ``__`` (adapted keys use it)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class PersonalizeConfig(BaseModel):
+    """Parameters of ``personalize``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("my_client", pattern=NAME_PATTERN)
+    #: folder or .npz of the images; the catalog entry ``personal_images`` reads it
+    images: str | None = None
+    seed: int = 0
+    validation_share: float = Field(0.2, gt=0, lt=1)
+    min_images: PositiveInt = Field(10, ge=2)
+    #: ``None``: the method's chosen value (``adaptation_choices``, else ``client_adaptation``)
+    steps: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+    embedding_init: EmbeddingInit | None = None
+    #: held-out DDPM loss every this many steps (``None``: about 20 points)
+    validation_every: PositiveInt | None = None
+    #: noise draws per held-out image in each validation loss
+    validation_repeats: PositiveInt = 4
+    grid_samples: PositiveInt = 16
+    device: str = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _no_double_underscore(cls, name: str) -> str:
+        if "__" in name:
+            raise ValueError("must not contain '__'")
+        return name
+
+
+class GenerateConfig(BaseModel):
+    """Parameters of ``generate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client: str | None = None
+    #: a pretraining or adaptation method (``spire`` serves seen, adapted and personal clients)
+    method: str = PROPOSED
+    num: PositiveInt = 16
+    seed: int = 0
+    #: ``None``: the sampler and step count the model was trained with (its diffusion config)
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] | None = None
+    steps: PositiveInt | None = None
+    columns: PositiveInt = 8
+    batch_size: PositiveInt = 100
+    device: str = "auto"
+    #: personalisation guidance towards the client's embedding (1: none; see ``diffusion.guided``)
+    guidance: float = Field(1.0, ge=0)
+
+
+class ExportConfig(BaseModel):
+    """Parameters of ``diffusers_export``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: the pretrained, client-conditioned method to export
+    method: str = ADAPTATION[PROPOSED].base or PROPOSED
+    #: also export the personal embeddings trained on this backbone
+    personal: bool = True
