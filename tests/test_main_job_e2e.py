@@ -169,7 +169,7 @@ def test_tuning_tables(main_run, tuning_clients) -> None:
         for e in params["tuning"]["epochs"]
     }
     assert set(zip(grid["method"], grid["lr"], grid["epochs"])) == expected
-    choices = pd.read_csv(versioned(project, "data/07_model_output/adaptation_choices.csv"))
+    choices = pd.read_csv(versioned(project, "data/06_models/adaptation_choices.csv"))
     assert list(choices["method"]) == params["methods"]
     assert set(choices["source"]) == {"tuning"}
     assert set(choices["lr"]) <= set(params["tuning"]["learning_rates"])

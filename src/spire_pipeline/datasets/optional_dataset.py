@@ -17,7 +17,7 @@ class OptionalDataset(AbstractDataset[Any, Any]):
           type: spire_pipeline.datasets.OptionalDataset
           dataset:
             type: pandas.CSVDataset
-            filepath: data/07_model_output/adaptation_choices.csv
+            filepath: data/06_models/adaptation_choices.csv
             versioned: true
     """
 
