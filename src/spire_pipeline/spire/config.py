@@ -61,6 +61,8 @@ class LocalTrainConfig(_Strict):
     embedding_lr: PositiveFloat = 5e-2
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: PositiveFloat | None = 1.0
+    #: compute precision of the network (``spire.precision``); weights and loss stay float32
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     @model_validator(mode="after")
     def _one_budget(self) -> LocalTrainConfig:
@@ -112,6 +114,8 @@ class KIDConfig(_Strict):
     batch_size: PositiveInt = 100
     cache_dir: str | None = "data/04_feature/kid_cache"
     device: str = "auto"
+    #: compute precision of the sampler's network passes (features and KID stay float32)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 class AdaptationConfig(_Strict):

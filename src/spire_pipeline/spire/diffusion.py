@@ -10,6 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from spire_pipeline.spire.config import DiffusionConfig
+from spire_pipeline.spire.precision import in_precision
 
 #: eps_theta(x_t, t, cond) -> predicted noise; ``cond`` is whatever the method conditions on
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -83,12 +84,15 @@ def sample(
     progress: bool = False,
     desc: str = "sampling",
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Draw ``num`` images conditioned on ``cond`` (one vector, broadcast over the batch).
 
     The starting noise and a stochastic sampler's noise come from one generator seeded with
-    ``seed``, so the same seed gives the same images.
+    ``seed``, so the same seed gives the same images. The network computes in ``precision``
+    (:mod:`.precision`); the sampler's update stays float32.
     """
+    denoise = in_precision(denoise, precision, device)
     out = []
     g = torch.Generator().manual_seed(seed)
     starts = range(0, num, batch_size)

@@ -24,10 +24,11 @@ def generate_from(
     progress: bool = False,
     desc: str = "sampling",
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """``num`` uint8 images from ``model`` conditioned on ``emb`` (``None``: a zero embedding).
 
-    Runs on ``device`` (default: where the model is).
+    Runs on ``device`` (default: where the model is), the network in ``precision``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -49,6 +50,7 @@ def generate_from(
         progress=progress,
         desc=desc,
         device=device,
+        precision=precision,
     )
 
 
@@ -60,6 +62,7 @@ def generate(
     steps: int | None = None,
     batch_size: int = 100,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """``num`` uint8 images from ``bundle`` for ``client`` (``None``: its shared model)."""
     model, emb = bundle.build(client)
@@ -74,4 +77,5 @@ def generate(
         batch_size,
         progress,
         desc=f"sample {bundle.method}:{client}",
+        precision=precision,
     )

@@ -125,7 +125,13 @@ def plot_sample_grids(
         rows, labels = [], []
         for k, s in enumerate(seen):
             client = s.client if PRETRAINING[method].per_client else None
-            fake = generate(bundle, client, n, seed=derive_seed(cfg.seed, "grid", k))
+            fake = generate(
+                bundle,
+                client,
+                n,
+                seed=derive_seed(cfg.seed, "grid", k),
+                precision=cfg.local.precision,
+            )
             rows.append(np.concatenate([s.train_images[:3], fake]))
             labels.append(f"{s.client} {sorted(np.unique(s.train_labels).tolist())}")
         figs[method] = image_grid(
