@@ -18,7 +18,7 @@ from spire_pipeline.spire.model import build_backbone
 from spire_pipeline.spire.partition import ClientSplit
 
 #: the samplers compared for KID (the current default first)
-CANDIDATES = (("ddpm", 50), ("ddim", 25), ("dpmsolver++", 20))
+CANDIDATES = (("ddpm", 50), ("ddpm", 25), ("ddim", 25), ("dpmsolver++", 20))
 
 
 def sampler_label(sampler: str, steps: int) -> str:

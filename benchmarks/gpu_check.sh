@@ -34,7 +34,7 @@ fail() { say "FAILED: $*"; exit 1; }
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 
 if ((DRY_RUN)); then  # no window to fit in: generous limits (a shared CPU may be slow)
-  ENV=quick DEVICE=cpu SUITE_FLAGS=(--quick --env quick) SUITE_S=900
+  ENV=quick DEVICE=cpu SUITE_FLAGS=(--quick --env quick --threads 1) SUITE_S=900
   BUDGET_S="${GPU_CHECK_BUDGET_S:-2400}"
   say "dry run: conf/quick on the CPU (the logic, not the figures)"
 else

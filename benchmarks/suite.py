@@ -369,6 +369,44 @@ class Suite:
         ref = self._kid(bundle, key, d.sampler, steps, "fp32")
         samp = self._kid(bundle, key, d.sampler, steps, "bf16")
         self.rows += kid_rows([samp], ref, f"bf16 sampling only; {label}")
+        self._precision_adaptation(bundle, label)
+
+    def _precision_adaptation(self, bundle, label: str) -> None:
+        """spire's adaptation to unseen clients in bf16 against fp32: final loss, same seeds."""
+        from spire_pipeline.spire.adaptation import adapt
+        from spire_pipeline.spire.diffusion import to_model_space
+        from spire_pipeline.spire.federated import ClientData
+
+        unseen = [s for s in self.splits.values() if s.role == "unseen"][: self.sizes.kid_clients]
+        clients = [ClientData(s.client, to_model_space(s.train_images)) for s in unseen]
+        tails = {}
+        for precision in ("fp32", "bf16"):
+            local = self.acfg.local.model_copy(update={"precision": precision})
+            cfg = self.acfg.model_copy(update={"local": local})
+            tails[precision] = [
+                np.array(adapt("spire", {"spire": bundle}, c, cfg).result.losses) for c in clients
+            ]
+
+        def final(losses: list[np.ndarray]) -> tuple[float, float]:
+            tail = np.concatenate([x[-max(2, len(x) // 4) :] for x in losses])
+            return float(tail.mean()), float(tail.std(ddof=1) / np.sqrt(len(tail)))
+
+        (l32, se32), (l16, se16) = final(tails["fp32"]), final(tails["bf16"])
+        noise = 2 * float(np.hypot(se32, se16))
+        steps = len(tails["fp32"][0])
+        self.rows.append(
+            Row(
+                f"precision bf16: spire adaptation final loss ({len(clients)} unseen clients x "
+                f"{steps} steps; {label})",
+                l16,
+                "DDPM loss",
+                f"fp32 (2 x standard error of the difference: {noise:.4f})",
+                l32,
+                l16 / l32,
+                "within 2 standard errors of fp32",
+                abs(l16 - l32) <= noise,
+            )
+        )
 
     def _kid_what(self) -> str:
         c, s, n = self.sizes.kid_clients, self.sizes.kid_seeds, self.kcfg.num_generated

@@ -38,7 +38,7 @@ def quick_table(tmp_path_factory, fashion_mnist_dir) -> pd.DataFrame:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -71,6 +71,7 @@ def test_quick_suite_covers_every_section(quick_table) -> None:
         "KID features",
         "KID ddim-25 fp32",
         "precision bf16: final pretraining loss",
+        "precision bf16: spire adaptation final loss",
         "bytes up per client and round: spire",
         "inprocess peak memory beyond the clients' own tensors, 1000 clients",
         "main job wall time, total",
