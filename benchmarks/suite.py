@@ -84,9 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
-    ap.add_argument("--precision-rounds", type=int, default=None, help="default 150 (quick 2)")
+    ap.add_argument("--precision-rounds", type=int, default=None, help="default 100 (quick 2)")
     ap.add_argument("--kid-seeds", type=int, default=None, help="default 3 (quick 2)")
-    ap.add_argument("--kid-clients", type=int, default=None, help="default 4 (quick 1)")
+    ap.add_argument("--kid-clients", type=int, default=None, help="default 3 (quick 1)")
     ap.add_argument("--save-models", type=Path, default=None, help="keep the precision runs")
     args = ap.parse_args(argv)
     args.env = args.env or ("quick" if args.quick else "base")
@@ -105,9 +105,9 @@ class Sizes:
         self.train_steps = 3 if q else 10
         self.repeats = 2 if q else 5
         self.adapt_steps = 2 if q else 20
-        self.precision_rounds = args.precision_rounds or (2 if q else 150)
+        self.precision_rounds = args.precision_rounds or (2 if q else 100)
         self.kid_seeds = args.kid_seeds or (2 if q else 3)
-        self.kid_clients = args.kid_clients or (1 if q else 4)
+        self.kid_clients = args.kid_clients or (1 if q else 3)
         self.client_counts = (10, 100, 1000)
         self.client_images = 8 if q else 64
         self.client_rounds = 1 if q else 2
