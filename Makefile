@@ -57,7 +57,7 @@ compare: $(VENV)/.installed
 	$(BIN)/python -m spire_pipeline.compare
 
 benchmark: setup
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do $(BIN)/python $$b || exit 1; done
 
 ## clean: temporary files, builds and the MLflow store (mlflow.db and mlruns/ go together)
 clean:

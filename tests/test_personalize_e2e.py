@@ -122,7 +122,9 @@ def test_personalize_writes_a_small_embedding_and_logs_its_curve(project, person
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("spire_pipeline")
-    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'personalize'")
+    runs = client.search_runs(
+        [experiment.experiment_id], "attributes.run_name LIKE 'personalize · quick%'"
+    )
     assert [r.info.status for r in runs] == ["FINISHED"]
     run = runs[0]
     assert run.data.metrics["personalize.embedding_bytes"] == size

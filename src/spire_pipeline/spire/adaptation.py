@@ -115,8 +115,9 @@ def initial_embedding(
 
 def base_model(
     method: str, pretrained: dict[str, ModelBundle], cfg: AdaptationConfig, seed: int
-) -> tuple[UNet2DModel, ModelBundle | None]:
-    """The model an adaptation method starts from (frozen), with LoRA injected for ``lora``."""
+) -> tuple[UNet2DModel, ModelBundle | None, int]:
+    """The model an adaptation method starts from (frozen), with LoRA injected for ``lora``,
+    its pretrained bundle, and the backbone's weight count (without adapters)."""
     spec = ADAPTATION[method]
     base = spec.base
     if base is None:
@@ -131,6 +132,7 @@ def base_model(
             )
         base_bundle = pretrained[base]
         model, _ = base_bundle.build(None)
+    total = count_parameters(model)
     if spec.uses_lora:
         # peft draws lora_A's init from the global RNG: seed it (without touching the global
         # state), so that an adaptation is reproducible and a sweep snapshot equals a shorter run
@@ -138,7 +140,7 @@ def base_model(
             torch.manual_seed(seed)
             add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model.to(resolve_device(cfg.device)).requires_grad_(False)
-    return model, base_bundle
+    return model, base_bundle, total
 
 
 def trainable_names(method: str, model: UNet2DModel) -> list[str]:
@@ -165,10 +167,9 @@ def adapt(
     local = local or cfg.local
     spec = ADAPTATION[method]
     seed = derive_seed(cfg.seed, "adapt", method, client.client)
-    model, base_bundle = base_model(method, pretrained, cfg, seed)
+    model, base_bundle, total = base_model(method, pretrained, cfg, seed)
     backbone_cfg = next(iter(pretrained.values())).backbone_cfg
     diffusion_cfg = next(iter(pretrained.values())).diffusion_cfg
-    total = count_parameters(build_backbone(backbone_cfg))
     dim = embedding_dim(model)
     device = next(model.parameters()).device
     params = dict(model.named_parameters())

@@ -73,6 +73,8 @@ class LocalTrainConfig(_Strict):
     embedding_lr: PositiveFloat = 5e-2
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: PositiveFloat | None = 1.0
+    #: compute precision of the network (``spire.precision``); weights and loss stay float32
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     @model_validator(mode="after")
     def _one_budget(self) -> LocalTrainConfig:
@@ -128,6 +130,8 @@ class KIDConfig(_Strict):
     forgetting_clients: PositiveInt | None = 4
     #: ... against this many independent draws of each pretrained model (the measure's noise)
     forgetting_draws: int = Field(3, ge=2)
+    #: compute precision of the sampler's network passes (features and KID stay float32)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 EmbeddingInit = Literal["zeros", "mean_seen", "random", "retrieval"]

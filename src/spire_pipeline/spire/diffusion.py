@@ -10,6 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from spire_pipeline.spire.config import DiffusionConfig
+from spire_pipeline.spire.precision import in_precision
 
 #: eps_theta(x_t, t, cond) -> predicted noise; ``cond`` is whatever the method conditions on
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -129,6 +130,7 @@ def sample(
     desc: str = "sampling",
     device: torch.device | str = "cpu",
     guidance: float = 1.0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Draw ``num`` images conditioned on ``cond``: one vector, broadcast over the batch, or one
     row per image (``(num, D)``: a population of clients in one run).
@@ -137,7 +139,10 @@ def sample(
     ``seed``, so the same seed gives the same images. ``guidance`` w (personalisation guidance,
     for a model pretrained with embedding dropout): ``eps = eps_null + w (eps_cond - eps_null)``
     with the null (zero) embedding; w = 1 is plain conditional sampling, w = 0 the null model.
+    The network computes in ``precision`` (:mod:`.precision`); the sampler's update stays
+    float32.
     """
+    denoise = in_precision(denoise, precision, device)
     out = []
     g = torch.Generator().manual_seed(seed)
     starts = range(0, num, batch_size)

@@ -176,6 +176,7 @@ def evaluate(
                 steps=cfg.sampler_steps,
                 batch_size=cfg.batch_size,
                 device=device,
+                precision=cfg.precision,
             )
             fake_features[key] = extractor(images)
             firsts[key] = images[: cfg.grid_samples]

@@ -135,6 +135,7 @@ def forgetting_kid(
             steps=cfg.sampler_steps,
             batch_size=cfg.batch_size,
             device=device,
+            precision=cfg.precision,
         )
         mean, std = kid(
             extractor(images),

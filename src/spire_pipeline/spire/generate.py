@@ -25,11 +25,13 @@ def generate_from(
     desc: str = "sampling",
     device: torch.device | str | None = None,
     guidance: float = 1.0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """``num`` uint8 images from ``model`` conditioned on ``emb`` (``None``: a zero embedding).
 
-    Runs on ``device`` (default: where the model is). ``guidance``: personalisation guidance
-    towards ``emb`` (:func:`~spire_pipeline.spire.diffusion.guided`; 1 = none).
+    Runs on ``device`` (default: where the model is), the network in ``precision``.
+    ``guidance``: personalisation guidance towards ``emb``
+    (:func:`~spire_pipeline.spire.diffusion.guided`; 1 = none).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -52,6 +54,7 @@ def generate_from(
         desc=desc,
         device=device,
         guidance=guidance if emb is not None else 1.0,
+        precision=precision,
     )
 
 
@@ -64,6 +67,7 @@ def generate(
     batch_size: int = 100,
     progress: bool = False,
     guidance: float = 1.0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """``num`` uint8 images from ``bundle`` for ``client`` (``None``: its shared model), with
     personalisation ``guidance`` (1 = none)."""
@@ -80,4 +84,5 @@ def generate(
         progress,
         desc=f"sample {bundle.method}:{client}",
         guidance=guidance,
+        precision=precision,
     )

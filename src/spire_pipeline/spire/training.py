@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from spire_pipeline.spire.config import LocalTrainConfig
 from spire_pipeline.spire.diffusion import Denoiser, ddpm_loss
+from spire_pipeline.spire.precision import in_precision
 
 
 class ClientTrainingError(RuntimeError):
@@ -59,17 +60,25 @@ def num_steps(cfg: LocalTrainConfig, num_samples: int) -> int:
     return int(cfg.epochs) * math.ceil(num_samples / cfg.batch_size)
 
 
+def _fusable(tensors: list[torch.Tensor]) -> bool:
+    """Whether torch's fused (one-kernel) optimizer step applies to these tensors."""
+    return all(t.dtype == torch.float32 and t.device.type in ("cpu", "cuda") for t in tensors)
+
+
 def _optimizer(cfg: LocalTrainConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
+    """The configured optimizer; its fused implementation where it applies (same update rule,
+    one kernel for all tensors instead of a Python loop over them)."""
     torch_groups = [
         {"params": list(g.params.values()), "lr": g.lr, "weight_decay": g.weight_decay}
         for g in groups
         if g.params
     ]
+    fused = _fusable([t for g in torch_groups for t in g["params"]])
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(torch_groups, momentum=0.9)
+        return torch.optim.SGD(torch_groups, momentum=0.9, fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(torch_groups)
-    return torch.optim.Adam(torch_groups)
+        return torch.optim.AdamW(torch_groups, fused=fused)
+    return torch.optim.Adam(torch_groups, fused=fused)
 
 
 def local_train(
@@ -91,6 +100,8 @@ def local_train(
     are drawn without replacement within an epoch, from a generator seeded with ``seed``.
     Raises ``ClientTrainingError`` when the loss is not finite, naming ``client`` and the step.
     ``on_step(k)`` is called after the k-th step (1-based), e.g. to snapshot the tensors.
+    The network computes in ``cfg.precision`` (:mod:`.precision`); the trained tensors, the
+    optimizer and the loss stay float32.
     """
     trainable = [t for g in groups for t in g.params.values()]
     if not trainable:
@@ -102,6 +113,7 @@ def local_train(
     n = images.shape[0]
     device = trainable[0].device
     steps = num_steps(cfg, n)
+    net = in_precision(denoise, cfg.precision, device)
     losses: list[float] = []
     order = torch.randperm(n, generator=g)
     pos = 0
@@ -114,7 +126,7 @@ def local_train(
         batch_cond = cond(idx) if callable(cond) else cond
         if batch_cond is not None and batch_cond.ndim == 1:
             batch_cond = batch_cond.expand(len(idx), -1)
-        loss = ddpm_loss(denoise, scheduler, images[idx].to(device), batch_cond, g)
+        loss = ddpm_loss(net, scheduler, images[idx].to(device), batch_cond, g)
         if not torch.isfinite(loss):
             raise ClientTrainingError(
                 f"client {client}: loss is {loss.item()} at local step {step}; "

@@ -113,7 +113,11 @@ def plot_sample_grids(
         for k, s in enumerate(seen):
             client = s.client if PRETRAINING[method].per_client else None
             fake = generate(
-                bundle, client, cfg.grid_samples_per_client, seed=derive_seed(cfg.seed, "grid", k)
+                bundle,
+                client,
+                cfg.grid_samples_per_client,
+                seed=derive_seed(cfg.seed, "grid", k),
+                precision=cfg.local.precision,
             )
             rows.append(
                 (
