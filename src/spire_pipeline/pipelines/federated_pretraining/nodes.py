@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from spire_pipeline.datasets.partitions import resolve
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
-from spire_pipeline.spire.federated import ClientData, config_fingerprint, derive_seed, pretrain
+from spire_pipeline.spire.federated import ClientData, InProcessEngine, derive_seed
 from spire_pipeline.spire.generate import generate
 from spire_pipeline.spire.methods import PRETRAINING
 from spire_pipeline.spire.model import build_backbone, count_parameters
@@ -35,6 +34,15 @@ def seen_clients(client_splits: dict) -> tuple[list[ClientData], dict[str, list[
     return data, classes
 
 
+def make_engine(cfg: PretrainingConfig, clients: list[ClientData]):
+    """The configured engine (a context manager whose ``pretrain`` yields each method)."""
+    if cfg.engine == "flower":
+        from spire_pipeline.flower.engine import FlowerEngine
+
+        return FlowerEngine(cfg, clients)
+    return InProcessEngine(cfg, clients)
+
+
 def pretrain_methods(
     client_splits: dict, params: dict[str, Any]
 ) -> tuple[dict[str, ModelBundle], pd.DataFrame, dict[str, list[dict]]]:
@@ -51,50 +59,62 @@ def pretrain_methods(
         dim,
         100 * dim / n_params,
     )
+    results = {}
+    with make_engine(cfg, clients) as engine:
+        for method, bundle, history in engine.pretrain(cfg.methods):
+            bundle.info |= {"backbone_params": n_params, "embedding_dim": dim}
+            results[method] = bundle, history
+            last = history[-1] if history else {}
+            log.info(
+                "%s (%s engine): final mean loss %.4f, %.1f s/round",
+                method,
+                cfg.engine,
+                last.get("loss_mean", np.nan),
+                np.mean([h["seconds"] for h in history]) if history else np.nan,
+            )
     bundles, rows, metrics = {}, [], {}
     for method in cfg.methods:
-        ckpt = Path(cfg.checkpoint_dir) / f"{method}-{config_fingerprint(method, cfg, clients)}.pt"
-        bundle, history = pretrain(method, cfg, clients, checkpoint=ckpt)
-        bundle.info |= {"backbone_params": n_params, "embedding_dim": dim}
-        bundles[method] = bundle
-        for rec in history:
-            for client, loss in rec["client_losses"].items():
-                rows.append(
-                    {
-                        **{
-                            k: rec[k]
-                            for k in (
-                                "method",
-                                "round",
-                                "loss_mean",
-                                "bytes_down",
-                                "bytes_up",
-                                "seconds",
-                            )
-                        },
-                        "client": client,
-                        "client_loss": loss,
-                        "num_clients": len(rec["clients"]),
-                        "failed": ",".join(rec["failed"]),
-                    }
-                )
-            step = rec["round"]
-            for key in ("loss_mean", "bytes_down", "bytes_up", "seconds"):
-                metrics.setdefault(f"{method}.{key}", []).append(
-                    {"value": float(rec[key]), "step": step}
-                )
-            for client, loss in rec["client_losses"].items():
-                metrics.setdefault(f"{method}.loss.{client}", []).append(
-                    {"value": loss, "step": step}
-                )
-        last = history[-1] if history else {}
-        log.info(
-            "%s: final mean loss %.4f, %.1f s/round",
-            method,
-            last.get("loss_mean", np.nan),
-            np.mean([h["seconds"] for h in history]) if history else np.nan,
-        )
+        bundles[method], history = results[method]
+        rows += [row for rec in history for row in history_rows(rec)]
+        metrics |= round_metrics(method, history)
     return bundles, pd.DataFrame(rows), metrics
+
+
+def round_metrics(method: str, history: list[dict]) -> dict[str, list[dict]]:
+    """MLflow metric histories of one method's rounds (step = round); a client left out of a
+    round has ``<method>.failed.<client>`` or ``<method>.missing.<client>`` = 1 at that step."""
+    metrics: dict[str, list[dict]] = {}
+
+    def add(name: str, value: float, step: int) -> None:
+        metrics.setdefault(f"{method}.{name}", []).append({"value": float(value), "step": step})
+
+    for rec in history:
+        step = rec["round"]
+        for key in ("loss_mean", "bytes_down", "bytes_up", "seconds"):
+            add(key, rec[key], step)
+        for key in ("failed", "missing"):
+            add(f"clients_{key}", len(rec.get(key, [])), step)
+            for client in rec.get(key, []):
+                add(f"{key}.{client}", 1.0, step)
+        for client, loss in rec["client_losses"].items():
+            add(f"loss.{client}", loss, step)
+    return metrics
+
+
+def history_rows(rec: dict) -> list[dict]:
+    """The rows of one round record in the history table: one per client that trained."""
+    keys = ("method", "round", "loss_mean", "bytes_down", "bytes_up", "seconds")
+    return [
+        {
+            **{k: rec[k] for k in keys},
+            "client": client,
+            "client_loss": loss,
+            "num_clients": len(rec["clients"]),
+            "failed": ",".join(rec["failed"]),
+            "missing": ",".join(rec.get("missing", [])),
+        }
+        for client, loss in rec["client_losses"].items()
+    ]
 
 
 def client_embeddings_table(bundles: dict[str, ModelBundle]) -> pd.DataFrame:
