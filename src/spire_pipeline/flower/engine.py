@@ -51,7 +51,8 @@ from spire_pipeline.spire.methods import PRETRAINING
 
 log = logging.getLogger(__name__)
 
-#: the name of the SuperLink connection in Flower's configuration (``$FLWR_HOME/config.toml``)
+#: the SuperLink connections this engine adds to Flower's configuration
+#: (``$FLWR_HOME/config.toml``) are named ``spire-pipeline-<port>``
 CONNECTION = "spire-pipeline"
 _APP_PYPROJECT = {
     "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
@@ -185,6 +186,7 @@ class FlowerEngine:
         if self.processes.started:
             log.info("Flower: stopping %d processes", len(self.processes.started))
         self.processes.stop()
+        self._remove_connection()
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
@@ -213,8 +215,21 @@ class FlowerEngine:
             connection["insecure"] = True
         else:
             connection["root-certificates"] = str(self._path(self.flower.tls.ca_certfile))
-        config.setdefault("superlink", {})[CONNECTION] = connection
+        config.setdefault("superlink", {})[self.connection] = connection
         path.write_text(tomli_w.dumps(config))
+
+    def _remove_connection(self) -> None:
+        path = Path(self.env.get("FLWR_HOME", "")) / "config.toml"
+        if self.port is None or not path.is_file():
+            return
+        config = tomli.loads(path.read_text())
+        if config.get("superlink", {}).pop(self.connection, None) is not None:
+            path.write_text(tomli_w.dumps(config))
+
+    @property
+    def connection(self) -> str:
+        """The name of this engine's SuperLink connection for ``flwr``."""
+        return f"{CONNECTION}-{self.port}"
 
     def _tls_args(self) -> list[str]:
         tls = self.flower.tls
@@ -335,7 +350,7 @@ class FlowerEngine:
         files.folder.mkdir(parents=True, exist_ok=True)
         run_config = files.folder / "run_config.toml"
         run_config.write_text(tomli_w.dumps(job.to_run_config()))
-        cmd = ["flwr", "run", str(self.app), CONNECTION, "--run-config", str(run_config)]
+        cmd = ["flwr", "run", str(self.app), self.connection, "--run-config", str(run_config)]
         if self.flower.runtime == "simulation":
             cmd += [
                 "--federation-config",
@@ -420,7 +435,7 @@ class FlowerEngine:
             return None
         try:
             out = subprocess.run(
-                ["flwr", "ls", CONNECTION, "--run-id", found.group(1), "--format", "json"],
+                ["flwr", "ls", self.connection, "--run-id", found.group(1), "--format", "json"],
                 env=self.env,
                 capture_output=True,
                 text=True,
