@@ -359,6 +359,66 @@ def _clean_ray_links() -> Iterator[None]:
         link.unlink(missing_ok=True)
 
 
+# ----------------------------------------------------------------------------- leftovers
+
+
+def leftover_processes(root: Path | str) -> list[tuple[int, str]]:
+    """Running processes that belong to the project copy ``root``: their ``FLWR_HOME`` (which
+    every Flower and Ray process of a run inherits, see :func:`kedro_env`) lies inside it.
+
+    Returns ``(pid, command line)`` pairs; zombies and this process are not counted.
+    """
+    prefix = f"FLWR_HOME={Path(root).resolve()}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat[stat.rfind(")") + 2] in "ZX":
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if any(var.startswith(prefix) for var in environ):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(entry.name), cmd.strip()))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(name="leftover_processes", scope="session")
+def leftover_processes_fixture() -> Callable[[Path | str], list[tuple[int, str]]]:
+    """:func:`leftover_processes`, waiting up to 30 s for processes that are shutting down."""
+
+    def check(root: Path | str) -> list[tuple[int, str]]:
+        deadline = time.monotonic() + 30
+        while (found := leftover_processes(root)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return found
+
+    return check
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite, no process started for a test's project copy may still run (the
+    Flower engine's SuperLink, SuperNodes, ServerApp, ClientApps, Ray); any found are stopped
+    by their process group and reported as an error."""
+    yield
+    if not Path("/proc").is_dir():
+        return
+    root = tmp_path_factory.getbasetemp()
+    deadline = time.monotonic() + 30
+    while (found := leftover_processes(root)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid, _ in found:
+        try:
+            _signal_group(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not found, f"processes outlived the test suite: {found}"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One CPU thread for a test module (fast on a shared 2-core machine, bitwise reproducible).

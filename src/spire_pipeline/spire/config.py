@@ -83,11 +83,68 @@ class LocalTrainConfig(_Strict):
         return self
 
 
+class TLSConfig(_Strict):
+    """Certificates of a SuperLink that serves TLS (paths; PEM files)."""
+
+    ca_certfile: str  # the CA certificate SuperNodes and ``flwr`` verify the SuperLink with
+    certfile: str  # the SuperLink's certificate
+    keyfile: str  # the SuperLink's private key
+
+
+class FlowerConfig(_Strict):
+    """The ``flower`` engine: Flower's simulation runtime, or a SuperLink and SuperNodes.
+
+    The number of clients is the number of seen clients: one virtual client each in simulation,
+    one SuperNode each in deployment.
+    """
+
+    runtime: Literal["simulation", "deployment"] = "simulation"
+    #: CPUs of one virtual client (simulation; Ray runs cores // num_cpus clients at a time)
+    num_cpus: PositiveInt = 1
+    #: GPU share of one virtual client (simulation; 0.5: two clients share a GPU)
+    num_gpus: float = Field(0.0, ge=0)
+    #: address the SuperLink binds (deployment: ``0.0.0.0`` to accept SuperNodes of other hosts)
+    host: str = "127.0.0.1"
+    #: the SuperLink's HTTP port (Fleet, Control and Runtime API); ``None``: a free port
+    port: int | None = Field(None, ge=1, le=65535)
+    #: start one ``flower-supernode`` per seen client on this machine; ``false``: wait for
+    #: SuperNodes started elsewhere (docs/flower.md)
+    start_supernodes: bool = True
+    #: first Runtime-API port of the local SuperNodes (one each); ``None``: free ports
+    supernode_port: int | None = Field(None, ge=1, le=65535)
+    #: TLS for the SuperLink (deployment); ``None``: ``--insecure`` (loopback only)
+    tls: TLSConfig | None = None
+    #: seconds for the SuperLink to start and every client to connect
+    connect_timeout: PositiveFloat = 120.0
+    #: seconds a round waits at most for the selected clients' replies
+    round_timeout: PositiveFloat = 600.0
+    #: once a reply is in, seconds to wait at most for the others, or as long as the first
+    #: reply took if that is longer (``None``: until round_timeout)
+    straggler_timeout: PositiveFloat | None = 120.0
+    #: Flower app, run configurations, client data copies and logs
+    workdir: str = "tmp/flower"
+    #: each local client's own folder (its embedding, head or model between runs, for resume)
+    client_storage: str = "data/06_models/checkpoints/flower-clients"
+    #: a folder where each client describes every message it sends (``<client>.jsonl``:
+    #: record names, array names, shapes and sizes, scalar values); ``None``: off
+    audit_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_only_in_deployment(self) -> FlowerConfig:
+        if self.tls is not None and self.runtime != "deployment":
+            raise ValueError("tls applies to runtime deployment only")
+        if not self.start_supernodes and self.runtime != "deployment":
+            raise ValueError("start_supernodes: false applies to runtime deployment only")
+        return self
+
+
 class PretrainingConfig(_Strict):
     """Parameters of ``federated_pretraining``."""
 
     seed: int = 0
-    engine: Literal["inprocess"] = "inprocess"  # the only engine so far
+    #: ``inprocess``: the rounds in this process; ``flower``: Flower ServerApp and ClientApps
+    engine: Literal["inprocess", "flower"] = "inprocess"
+    flower: FlowerConfig = FlowerConfig()
     methods: list[Literal[PRETRAINING_METHODS]] = ["spire", "fedavg"]  # type: ignore[valid-type]
     backbone: BackboneConfig = BackboneConfig()
     diffusion: DiffusionConfig = DiffusionConfig()

@@ -1,9 +1,16 @@
-"""Federated pretraining, embedded engine (``inprocess``): rounds, client sampling, FedAvg.
+"""Federated pretraining: the server's rounds (shared by both engines) and the ``inprocess`` engine.
 
-One model object is reused for every client, so memory grows with the number of clients only
-by what each client owns: its embedding (``spire``), its head (``fedper``) or, for ``local``,
-its whole model (that method *is* one model per client). Every method follows the same client
-schedule and local step budget, so their compute is the same.
+:class:`RoundLoop` is the server side that every engine shares: which clients train in a round
+(:func:`select_clients`), FedAvg of what they send (:class:`WeightedAverage`), one record per
+round, the minimum number of clients, a checkpoint after each round. An engine only delivers
+the selected clients' updates: :func:`pretrain` trains them here, one after the other (the
+``inprocess`` engine); :mod:`spire_pipeline.flower` sends them to Flower ``ClientApp``s. Both
+call :meth:`Trainer.train`, the one local-training step of a client.
+
+In process, one model object is reused for every client, so memory grows with the number of
+clients only by what each client owns: its embedding (``spire``), its head (``fedper``) or, for
+``local``, its whole model (that method *is* one model per client). Every method follows the
+same client schedule and local step budget, so their compute is the same.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -107,6 +115,7 @@ def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[Cl
         "threads",
         "methods",
         "engine",
+        "flower",
         "grid_samples_per_client",
     }
     h.update(cfg.model_dump_json(exclude=unrelated).encode())
@@ -116,11 +125,26 @@ def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[Cl
     return h.hexdigest()[:16]
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: Path | None, fingerprint: str, cfg: PretrainingConfig, method: str, device=None
+) -> dict | None:
+    """The checkpoint at ``path`` when it belongs to this run (same fingerprint), else ``None``."""
+    if path is None or not cfg.resume or not path.exists():
+        return None
+    saved = torch.load(path, weights_only=False, map_location=device)
+    if saved.get("fingerprint") != fingerprint:
+        log.info("%s: %s is for other parameters or data; starting over", method, path)
+        return None
+    log.info("%s: resuming from %s after round %d", method, path, saved["server"].round)
+    return saved
 
 
 @dataclass
@@ -150,6 +174,33 @@ class ClientUpdate:
     loss: float
 
 
+@dataclass(frozen=True)
+class ClientFault:
+    """A selected client that delivered no update: ``failed`` (its training raised, e.g. a NaN
+    loss; it is dropped from the round) or ``missing`` (no reply: unreachable, crashed or too
+    slow; a round needs ``min_clients`` that are not missing)."""
+
+    kind: Literal["failed", "missing"]
+    reason: str
+
+
+class NotEnoughClientsError(RuntimeError):
+    """Fewer than ``min_clients`` of a round's selected clients could be reached.
+
+    The round is not recorded and the checkpoint of the previous round stays as it was, so the
+    same command resumes from it once the clients are back.
+    """
+
+
+#: one round of an engine: (round, selected client indices, server backbone) -> for every
+#: selected client, in the order given, its update or why there is none
+RoundTraining = Callable[
+    [int, list[int], dict[str, torch.Tensor]], Iterable[tuple[int, ClientUpdate | ClientFault]]
+]
+#: one round of a method on pooled data: (round, server state) -> (losses, failed clients)
+PooledRound = Callable[[int, "ServerState"], tuple[dict[str, float], list[str]]]
+
+
 class Trainer:
     """Local training of one method on one client, starting from the server's backbone.
 
@@ -168,9 +219,11 @@ class Trainer:
         #: the backbone arrays a client uploads (none when the method does not federate)
         self.uploaded = self.spec.shared_names(self.model)
         self._zero = torch.zeros(self.dim, device=self.device)
+        #: the weights before any training (a Trainer may train many clients, one after another)
+        self._initial = state_of(self.model)
 
     def initial_backbone(self) -> dict[str, torch.Tensor]:
-        return state_of(self.model)
+        return {k: v.clone() for k, v in self._initial.items()}
 
     def initial_client_state(self, index: int, num_clients: int) -> ClientState:
         """A client's own state before its first round."""
@@ -184,8 +237,8 @@ class Trainer:
                 self.cfg.embedding_init_scale,
             )
             emb = table[index].clone().to(self.device)
-        head = state_of(self.model, self.personal_head) if self.personal_head else None
-        model = state_of(self.model) if self.spec.personal_model else None
+        head = {n: self._initial[n].clone() for n in self.personal_head} or None
+        model = self.initial_backbone() if self.spec.personal_model else None
         return ClientState(emb, head, model)
 
     def denoise(self, x, t, c):
@@ -233,6 +286,119 @@ class Trainer:
 RoundCallback = Callable[[ServerState, list[ClientState]], None]
 
 
+@dataclass
+class RoundLoop:
+    """The server side of federated pretraining, the same for every engine.
+
+    Each round: select the clients (:func:`select_clients`), let the engine deliver their
+    updates, average the backbone arrays weighted by sample count in the order of the client
+    indices (:class:`WeightedAverage`, so the result does not depend on who answered first),
+    append one record (who was selected, who failed, who was missing, losses, bytes, seconds),
+    save the checkpoint, call ``on_round``. A round in which fewer than ``min_clients`` of the
+    selected clients could be reached stops the run with :class:`NotEnoughClientsError` before
+    anything of that round is recorded or saved.
+    """
+
+    method: str
+    cfg: PretrainingConfig
+    clients: list[str]
+    #: names of the backbone arrays a client sends (none when the method does not federate)
+    uploaded: list[str]
+    federated: bool
+    server: ServerState
+    save: Callable[[ServerState], None] | None = None
+    on_round: Sequence[Callable[[ServerState], None]] = ()
+
+    def run(
+        self,
+        train_round: RoundTraining | None = None,
+        pooled_round: PooledRound | None = None,
+        progress: bool = True,
+    ) -> ServerState:
+        """Play the rounds after the last completed one until ``cfg.rounds``."""
+        bar = tqdm(
+            total=self.cfg.rounds,
+            initial=self.server.round,
+            desc=f"pretrain {self.method}",
+            disable=not progress,
+            unit="round",
+        )
+        try:
+            for r in range(self.server.round, self.cfg.rounds):
+                record = self.play(r, train_round, pooled_round)
+                bar.set_postfix(loss=f"{record['loss_mean']:.4f}")
+                bar.update()
+        finally:
+            bar.close()
+        return self.server
+
+    def play(
+        self, r: int, train_round: RoundTraining | None, pooled_round: PooledRound | None
+    ) -> dict:
+        """One round: updates in, FedAvg, record, checkpoint."""
+        t0 = time.perf_counter()
+        server, ids = self.server, self.clients
+        missing: list[str] = []
+        if pooled_round is not None:
+            selected = list(range(len(ids)))
+            losses, failed = pooled_round(r, server)
+        else:
+            if train_round is None:
+                raise ValueError("an engine must deliver the clients' updates")
+            selected = select_clients(self.cfg, r, len(ids))
+            losses, failed = {}, []
+            avg = WeightedAverage()
+            for k, outcome in train_round(r, selected, server.backbone):
+                if isinstance(outcome, ClientFault):
+                    if outcome.kind == "failed":
+                        log.warning("round %d: %s; its update is dropped", r, outcome.reason)
+                        failed.append(ids[k])
+                    else:
+                        log.warning(
+                            "round %d: client %s is missing (%s)", r, ids[k], outcome.reason
+                        )
+                        missing.append(ids[k])
+                    continue
+                losses[ids[k]] = outcome.loss
+                if outcome.upload:
+                    avg.add(outcome.upload, outcome.num_samples)
+            self._check_reached(r, selected, missing)
+            if self.federated and losses:
+                server.backbone = {**server.backbone, **avg.result(server.backbone)}
+        sent = state_bytes({n: server.backbone[n] for n in self.uploaded})
+        record = {
+            "method": self.method,
+            "round": r,
+            "clients": [ids[k] for k in selected],
+            "failed": failed,
+            "missing": missing,
+            "loss_mean": float(np.mean(list(losses.values()))) if losses else float("nan"),
+            "client_losses": losses,
+            "bytes_down": sent * len(selected),
+            "bytes_up": sent * (len(selected) - len(failed) - len(missing)),
+            "seconds": time.perf_counter() - t0,
+        }
+        server.history.append(record)
+        server.round = r + 1
+        if self.save is not None:
+            self.save(server)
+        for cb in self.on_round:
+            cb(server)
+        return record
+
+    def _check_reached(self, r: int, selected: list[int], missing: list[str]) -> None:
+        needed = min(self.cfg.min_clients, len(selected))
+        reached = len(selected) - len(missing)
+        if reached < needed:
+            kept = f"the checkpoint after round {r} is intact" if r else "no round was completed"
+            raise NotEnoughClientsError(
+                f"{self.method}, round {r + 1} of {self.cfg.rounds}: only {reached} of the "
+                f"{len(selected)} selected clients could be reached (missing: "
+                f"{', '.join(missing)}), fewer than min_clients = {self.cfg.min_clients}. The run "
+                f"stops here; {kept}, so the same command resumes once the clients are back."
+            )
+
+
 def pretrain(
     method: str,
     cfg: PretrainingConfig,
@@ -241,7 +407,8 @@ def pretrain(
     progress: bool = True,
     callbacks: Sequence[RoundCallback] = (),
 ) -> tuple[ModelBundle, list[dict]]:
-    """Run ``cfg.rounds`` rounds of ``method``; return the bundle and one record per round.
+    """Run ``cfg.rounds`` rounds of ``method`` in this process (the ``inprocess`` engine);
+    return the bundle and one record per round.
 
     With ``checkpoint``, the server and client states are saved after each round, and a run
     that finds a checkpoint of the same method, parameters and data resumes after its last
@@ -252,79 +419,90 @@ def pretrain(
     fingerprint = config_fingerprint(method, cfg, clients)
     server = ServerState(0, trainer.initial_backbone())
     states = [trainer.initial_client_state(k, len(ids)) for k in range(len(ids))]
-    if checkpoint is not None and cfg.resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False, map_location=trainer.device)
-        if saved.get("fingerprint") == fingerprint:
-            server, states = saved["server"], saved["clients"]
-            log.info("%s: resuming from %s after round %d", method, checkpoint, server.round)
-        else:
-            log.info("%s: %s is for other parameters or data; starting over", method, checkpoint)
+    saved = load_checkpoint(checkpoint, fingerprint, cfg, method, trainer.device)
+    if saved is not None:
+        server, states = saved["server"], saved["clients"]
 
-    bar = tqdm(
-        total=cfg.rounds,
-        initial=server.round,
-        desc=f"pretrain {method}",
-        disable=not progress,
-        unit="round",
-    )
-    for r in range(server.round, cfg.rounds):
-        t0 = time.perf_counter()
-        if trainer.spec.pooled:
-            selected = list(range(len(ids)))
-            losses, failed = _train_centralized(trainer, server, states, clients, r)
-        else:
-            selected = select_clients(cfg, r, len(ids))
-            losses, failed = {}, []
-            avg = WeightedAverage()
-            for k in selected:
-                bar.set_postfix_str(ids[k])
-                try:
-                    update, states[k] = trainer.train(server.backbone, clients[k], states[k], r, k)
-                except ClientTrainingError as exc:
-                    log.warning("round %d: %s; its update is dropped", r, exc)
-                    failed.append(ids[k])
-                    continue
-                losses[ids[k]] = update.loss
-                if update.upload:
-                    avg.add(update.upload, update.num_samples)
-            if trainer.spec.federated and losses:
-                server.backbone = {**server.backbone, **avg.result(server.backbone)}
-        sent = state_bytes({n: server.backbone[n] for n in trainer.uploaded})
-        server.history.append(
-            {
-                "method": method,
-                "round": r,
-                "clients": [ids[k] for k in selected],
-                "failed": failed,
-                "loss_mean": float(np.mean(list(losses.values()))) if losses else float("nan"),
-                "client_losses": losses,
-                "bytes_down": sent * len(selected),
-                "bytes_up": sent * (len(selected) - len(failed)),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        server.round = r + 1
+    def save(s: ServerState) -> None:
         if checkpoint is not None:
-            _atomic_save(
-                {"fingerprint": fingerprint, "server": server, "clients": states}, checkpoint
-            )
-        for cb in callbacks:
-            cb(server, states)
-        bar.set_postfix(loss=f"{server.history[-1]['loss_mean']:.4f}")
-        bar.update()
-    bar.close()
+            atomic_save({"fingerprint": fingerprint, "server": s, "clients": states}, checkpoint)
 
-    bundle = ModelBundle(
-        method=method,
+    def train_round(r: int, selected: list[int], backbone: dict[str, torch.Tensor]):
+        for k in selected:
+            try:
+                update, states[k] = trainer.train(backbone, clients[k], states[k], r, k)
+            except ClientTrainingError as exc:
+                yield k, ClientFault("failed", str(exc))
+                continue
+            yield k, update
+
+    def pooled_round(r: int, s: ServerState) -> tuple[dict[str, float], list[str]]:
+        return _train_centralized(trainer, s, states, clients, r)
+
+    loop = RoundLoop(
+        method,
+        cfg,
+        ids,
+        trainer.uploaded,
+        trainer.spec.federated,
+        server,
+        save=save,
+        on_round=[lambda s, cb=cb: cb(s, states) for cb in callbacks],
+    )
+    if trainer.spec.pooled:
+        server = loop.run(pooled_round=pooled_round, progress=progress)
+    else:
+        server = loop.run(train_round, progress=progress)
+    bundle = make_bundle(trainer, cfg, ids, server, states)
+    return bundle, server.history
+
+
+class InProcessEngine:
+    """The ``inprocess`` engine behind the interface every engine offers the Kedro node: a
+    context manager whose :meth:`pretrain` yields each method's bundle and round records."""
+
+    def __init__(self, cfg: PretrainingConfig, clients: Sequence[ClientData]) -> None:
+        self.cfg, self.clients = cfg, list(clients)
+
+    def __enter__(self) -> InProcessEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def checkpoint(self, method: str) -> Path:
+        """Where the server and client states of ``method`` are saved after each round."""
+        fingerprint = config_fingerprint(method, self.cfg, self.clients)
+        return Path(self.cfg.checkpoint_dir) / f"{method}-{fingerprint}.pt"
+
+    def pretrain(
+        self, methods: Sequence[str], progress: bool = True
+    ) -> Iterator[tuple[str, ModelBundle, list[dict]]]:
+        for method in methods:
+            bundle, history = pretrain(
+                method, self.cfg, self.clients, self.checkpoint(method), progress
+            )
+            yield method, bundle, history
+
+
+def make_bundle(
+    trainer: Trainer,
+    cfg: PretrainingConfig,
+    ids: Sequence[str],
+    server: ServerState,
+    states: Sequence[ClientState],
+) -> ModelBundle:
+    """The bundle of a finished run: the server's backbone and each client's own tensors."""
+    return ModelBundle(
+        method=trainer.method,
         backbone_cfg=cfg.backbone,
         diffusion_cfg=cfg.diffusion,
         backbone={} if trainer.spec.personal_model else server.backbone,
         embeddings={c: s.embedding for c, s in zip(ids, states) if s.embedding is not None},
         heads={c: s.head for c, s in zip(ids, states) if s.head is not None},
         local={c: s.model for c, s in zip(ids, states) if s.model is not None},
-        info={"rounds": cfg.rounds, "clients": ids},
+        info={"rounds": cfg.rounds, "clients": list(ids)},
     )
-    return bundle, server.history
 
 
 def _train_centralized(

@@ -27,6 +27,7 @@ def history_rows(history: Sequence[dict]) -> list[dict]:
                     "client_loss": loss,
                     "num_clients": len(rec["clients"]),
                     "failed": ",".join(rec["failed"]),
+                    "missing": ",".join(rec.get("missing", [])),
                 }
             )
     return rows
@@ -34,7 +35,9 @@ def history_rows(history: Sequence[dict]) -> list[dict]:
 
 def history_metrics(method: str, history: Sequence[dict]) -> Metrics:
     """Metric series ``{name: [{"value", "step"}, ...]}``, the round as step: the round's
-    fields and each client's loss (``<method>.loss.<client>``)."""
+    fields, each client's loss (``<method>.loss.<client>``), the number of clients left out
+    (``<method>.clients_failed``, ``.clients_missing``) and, for each client left out,
+    ``<method>.failed.<client>`` or ``<method>.missing.<client>`` = 1."""
     metrics: Metrics = {}
     for rec in history:
         step = rec["round"]
@@ -46,6 +49,15 @@ def history_metrics(method: str, history: Sequence[dict]) -> Metrics:
             metrics.setdefault(f"{method}.loss.{client}", []).append(
                 {"value": float(loss), "step": step}
             )
+        for key in ("failed", "missing"):
+            left_out = rec.get(key, [])
+            metrics.setdefault(f"{method}.clients_{key}", []).append(
+                {"value": float(len(left_out)), "step": step}
+            )
+            for client in left_out:
+                metrics.setdefault(f"{method}.{key}.{client}", []).append(
+                    {"value": 1.0, "step": step}
+                )
     return metrics
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from spire_pipeline.datasets.partitions import resolve
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import DatasetConfig, PretrainingConfig
 from spire_pipeline.spire.diffusion import to_model_space
-from spire_pipeline.spire.federated import ClientData, config_fingerprint, derive_seed, pretrain
+from spire_pipeline.spire.federated import ClientData, InProcessEngine, derive_seed
 from spire_pipeline.spire.generate import generate
 from spire_pipeline.spire.heldout import validation_table
 from spire_pipeline.spire.history import history_metrics, history_rows, history_summary
@@ -37,6 +36,15 @@ def seen_clients(client_splits: dict) -> tuple[list[ClientData], dict[str, list[
     return data, classes
 
 
+def make_engine(cfg: PretrainingConfig, clients: list[ClientData]):
+    """The configured engine (a context manager whose ``pretrain`` yields each method)."""
+    if cfg.engine == "flower":
+        from spire_pipeline.flower.engine import FlowerEngine
+
+        return FlowerEngine(cfg, clients)
+    return InProcessEngine(cfg, clients)
+
+
 def pretrain_methods(
     client_splits: dict, params: dict[str, Any]
 ) -> tuple[dict[str, ModelBundle], pd.DataFrame, dict[str, list[dict]]]:
@@ -53,15 +61,22 @@ def pretrain_methods(
         dim,
         100 * dim / n_params,
     )
+    results = {}
+    with make_engine(cfg, clients) as engine:
+        for method, bundle, history in engine.pretrain(cfg.methods):
+            bundle.info |= {"backbone_params": n_params, "embedding_dim": dim}
+            results[method] = bundle, history
+            log.info(
+                "%s (%s engine): final mean loss %.4f, %.1f s/round",
+                method,
+                cfg.engine,
+                *history_summary(history),
+            )
     bundles, rows, metrics = {}, [], {}
     for method in cfg.methods:
-        ckpt = Path(cfg.checkpoint_dir) / f"{method}-{config_fingerprint(method, cfg, clients)}.pt"
-        bundle, history = pretrain(method, cfg, clients, checkpoint=ckpt)
-        bundle.info |= {"backbone_params": n_params, "embedding_dim": dim}
-        bundles[method] = bundle
+        bundles[method], history = results[method]
         rows += history_rows(history)
         metrics |= history_metrics(method, history)
-        log.info("%s: final mean loss %.4f, %.1f s/round", method, *history_summary(history))
     return bundles, pd.DataFrame(rows), metrics
 
 
