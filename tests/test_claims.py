@@ -17,7 +17,7 @@ from spire_pipeline.spire.claims import (
     spreads,
 )
 from spire_pipeline.spire.config import ClaimsConfig
-from spire_pipeline.spire.stats import bootstrap, paired, three_way
+from spire_pipeline.spire.stats import bootstrap, min_clients, paired, three_way
 
 CFG = ClaimsConfig()
 
@@ -27,15 +27,25 @@ CFG = ClaimsConfig()
 
 def test_paired_bootstrap_matches_a_hand_computation() -> None:
     """Differences -1, 0, +3 over three clients. Of the 27 resamples, 7 have median -1 (two or
-    three draws of -1), 7 have median +3 and 13 have median 0; sorted, the 2.5 % quantile is the
-    1st (-1), the 97.5 % quantile the 26th (+3); at 40 % confidence the 30 % and 70 % quantiles
-    are the 9th and 19th: both 0."""
+    three draws of -1), 7 have median +3 and 13 have median 0; sorted, at 70 % confidence the
+    15 % quantile is the 5th (-1), the 85 % quantile the 23rd (+3); at 40 % the 30 % and 70 %
+    quantiles are the 9th and 19th: both 0. At 95 %, three clients are too few: even
+    [min, max] covers the median with probability 1 - 2/8 only, so the interval is unbounded."""
     a = {"c1": 1.0, "c2": 2.0, "c3": 6.0, "only_a": 9.0}
     b = {"c1": 2.0, "c2": 2.0, "c3": 3.0, "only_b": 0.0}
-    iv = paired(a, b)
+    iv = paired(a, b, confidence=0.7)
     assert (iv.effect, iv.ci_low, iv.ci_high, iv.n) == (0.0, -1.0, 3.0, 3)
     narrow = paired(a, b, confidence=0.4)
     assert (narrow.ci_low, narrow.ci_high) == (0.0, 0.0)
+    wide = paired(a, b)
+    assert (wide.effect, wide.ci_low, wide.ci_high) == (0.0, -np.inf, np.inf)
+
+
+def test_min_clients_for_a_median_interval() -> None:
+    assert [min_clients(c) for c in (0.5, 0.75, 0.9, 0.95, 0.99)] == [2, 3, 5, 6, 8]
+    # six clients that agree are evidence at 95 %; five are not
+    assert bootstrap(np.arange(1.0, 7.0)).ci_low > 0
+    assert np.isinf(bootstrap(np.arange(1.0, 6.0)).ci_low)
 
 
 def test_bootstrap_is_seeded_and_covers_the_median() -> None:
@@ -68,16 +78,16 @@ def kid_rows(phase: str, role: str, values: dict[str, list[float]]) -> pd.DataFr
     )
 
 
-SEEN_BASE = {"fedavg": [5.0, 6.0, 5.5, 6.5, 5.2], "local": [4.0, 4.5, 4.2, 4.8, 4.1]}
+SEEN_BASE = {"fedavg": [5.0, 6.0, 5.5, 6.5, 5.2, 5.8], "local": [4.0, 4.5, 4.2, 4.8, 4.1, 4.4]}
 
 
 @pytest.mark.parametrize(
     ("spire", "verdict"),
     [
-        ([3.0, 3.5, 3.2, 3.6, 3.1], "holds"),  # beats both
-        ([4.1, 4.6, 4.3, 4.9, 4.2], "holds"),  # 0.1 worse than local: within 10 % of ~4.2
-        ([5.0, 5.5, 5.2, 5.8, 5.1], "fails"),  # ~1 worse than local on every client
-        ([3.0, 5.6, 3.2, 5.9, 5.0], "inconclusive"),  # straddles the margin
+        ([3.0, 3.5, 3.2, 3.6, 3.1, 3.4], "holds"),  # beats both
+        ([4.1, 4.6, 4.3, 4.9, 4.2, 4.5], "holds"),  # 0.1 worse than local: within 10 % of ~4.3
+        ([5.0, 5.5, 5.2, 5.8, 5.1, 5.4], "fails"),  # ~1 worse than local on every client
+        ([3.0, 5.6, 3.2, 5.9, 5.0, 3.1], "inconclusive"),  # straddles the margin
     ],
 )
 def test_claim_1_each_way(spire, verdict) -> None:
@@ -86,14 +96,14 @@ def test_claim_1_each_way(spire, verdict) -> None:
     )
     assert row["verdict"] == verdict and row["holds"] == (verdict == "holds")
     assert {c["baseline"] for c in comparisons} == {"fedavg", "local"}
-    assert row["n_clients"] == 5
+    assert row["n_clients"] == 6
 
 
 def test_claim_1_leaves_out_the_pooled_reference() -> None:
     kids = kid_rows(
         "pretrained",
         "seen",
-        {"spire": [3.0] * 5, "centralized": [0.1] * 5, **SEEN_BASE},
+        {"spire": [3.0] * 6, "centralized": [0.1] * 6, **SEEN_BASE},
     )
     _, comparisons = claim_pretraining(kids, CFG)
     assert "centralized" not in {c["baseline"] for c in comparisons}
@@ -105,9 +115,9 @@ ADAPT = pd.DataFrame({"method": ["spire", "lora"], "trained_params": [64, 48128]
 @pytest.mark.parametrize(
     ("spire", "lora", "verdict"),
     [
-        ([1.0, 1.1, 0.9, 1.2], [2.0, 2.1, 1.9, 2.2], "holds"),
-        ([3.0, 3.1, 2.9, 3.2], [2.0, 2.1, 1.9, 2.2], "fails"),
-        ([1.0, 3.1, 0.9, 3.2], [2.0, 2.1, 1.9, 2.2], "inconclusive"),
+        ([1.0, 1.1, 0.9, 1.2, 1.0, 1.1], [2.0, 2.1, 1.9, 2.2, 2.0, 2.1], "holds"),
+        ([3.0, 3.1, 2.9, 3.2, 3.0, 3.1], [2.0, 2.1, 1.9, 2.2, 2.0, 2.1], "fails"),
+        ([1.0, 3.1, 0.9, 3.2, 1.0, 3.1], [2.0, 2.1, 1.9, 2.2, 2.0, 2.1], "inconclusive"),
     ],
 )
 def test_claim_2_each_way(spire, lora, verdict) -> None:
@@ -127,9 +137,12 @@ def grid(method: str, client: str, values: list[float]) -> list[dict]:
     ]
 
 
+TUNING_CLIENTS = [f"t{k}" for k in range(6)]  # the fewest a 95 % interval needs
+
+
 def tuning_table(spire: list[float], bitfit: list[float]) -> pd.DataFrame:
     rows = []
-    for c in ("t0", "t1"):
+    for c in TUNING_CLIENTS:
         rows += grid("spire", c, spire) + grid("bitfit", c, bitfit)
     return pd.DataFrame(rows)
 
@@ -149,8 +162,11 @@ def test_claim_4_each_way(spire, bitfit, verdict) -> None:
 
 
 def test_claim_4_inconclusive_when_tuning_clients_disagree() -> None:
-    rows = grid("spire", "t0", [1.0, 1.1, 1.2, 1.1]) + grid("bitfit", "t0", [1.0, 3.0, 1.5, 2.0])
-    rows += grid("spire", "t1", [1.0, 3.0, 1.5, 2.0]) + grid("bitfit", "t1", [1.0, 1.1, 1.2, 1.1])
+    calm, shaky = [1.0, 1.1, 1.2, 1.1], [1.0, 3.0, 1.5, 2.0]
+    rows = []
+    for k, c in enumerate(TUNING_CLIENTS):
+        spire, bitfit = (calm, shaky) if k % 2 else (shaky, calm)
+        rows += grid("spire", c, spire) + grid("bitfit", c, bitfit)
     row, _ = claim_robustness(pd.DataFrame(rows), CFG)
     assert row["verdict"] == "inconclusive"
 
@@ -201,8 +217,10 @@ def test_claim_5_margin_rule(dim, n, verdict) -> None:
 def test_claims_table_has_a_verdict_for_every_claim() -> None:
     kids = pd.concat(
         [
-            kid_rows("pretrained", "seen", {"spire": [3.0] * 5, **SEEN_BASE}),
-            kid_rows("adapted", "unseen", {"spire": [1.0, 1.1, 0.9, 1.2], "lora": [2.0] * 4}),
+            kid_rows("pretrained", "seen", {"spire": [3.0] * 6, **SEEN_BASE}),
+            kid_rows(
+                "adapted", "unseen", {"spire": [1.0, 1.1, 0.9, 1.2, 1.0, 1.1], "lora": [2.0] * 6}
+            ),
         ]
     )
     claims, comparisons = check_claims(

@@ -115,9 +115,10 @@ def test_a_perturbed_backbone_is_reported_as_forgetting(models) -> None:
     # a changed shared weight: the output layer's bias shifts every predicted noise
     noisy = {**spire.backbone, "conv_out.bias": spire.backbone["conv_out.bias"] + 0.5}
     perturbed = {**pretrained, "spire": ModelBundle(**{**vars(spire), "backbone": noisy})}
-    intact = forgetting_summary(run(models)).set_index("method")
+    # three adapted clients: 70 % intervals (95 % needs six, stats.min_clients)
+    intact = forgetting_summary(run(models), confidence=0.7).set_index("method")
     changed_table = run(models, pretrained_after=perturbed)
-    changed = forgetting_summary(changed_table).set_index("method")
+    changed = forgetting_summary(changed_table, confidence=0.7).set_index("method")
     after = changed_table[changed_table["phase"] == "after"]
     assert not after[after["method"] == "spire"]["backbone_unchanged"].astype(bool).any()
     assert not intact.loc["spire", "beyond_noise"]
@@ -134,12 +135,13 @@ def summary_table() -> pd.DataFrame:
         {"base": "fedavg", "phase": "before", "draw": r, "kid_mean": v}
         for r, v in enumerate([2.0, 2.2, 1.8])
     ]
-    after = {"spire": [1.1, 0.9], "bitfit": [3.0, 3.2], "head": [2.1, 1.9]}
+    # six adapted clients (the fewest a 95 % interval needs)
+    after = {"spire": [1.1, 0.9] * 3, "bitfit": [3.0, 3.2] * 3, "head": [2.1, 1.9] * 3}
     for method, values in after.items():
         base = "spire" if method == "spire" else "fedavg"
         rows += [
-            {"method": method, "base": base, "phase": "after", "adapted_to": u, "kid_mean": v}
-            for u, v in zip(UNSEEN, values)
+            {"method": method, "base": base, "phase": "after", "adapted_to": f"u{k}", "kid_mean": v}
+            for k, v in enumerate(values)
         ]
     return pd.DataFrame(rows).assign(extractor="ext")
 
@@ -149,11 +151,11 @@ def test_forgetting_summary_by_hand() -> None:
     band = 2 * 0.2 * math.sqrt(1 + 1 / 3)  # both bases: sd 0.2 over 3 draws
     assert s["noise_sd"].to_numpy() == pytest.approx([0.2] * 3)
     assert s["noise_band"].to_numpy() == pytest.approx([band] * 3)
-    # spire: changes +0.1, -0.1 -> median 0, exact bootstrap CI [-0.1, +0.1]: within noise
+    # spire: changes +0.1, -0.1 (x3) -> median 0, exact bootstrap CI [-0.1, +0.1]: within noise
     assert s.loc["spire", "seen_kid_before"] == pytest.approx(1.0)
     assert s.loc["spire", ["change", "ci_low", "ci_high"]].tolist() == pytest.approx([0, -0.1, 0.1])
     assert s.loc["spire", "within_noise"] and not s.loc["spire", "beyond_noise"]
-    # bitfit: +1.0, +1.2 -> beyond the band; head: +0.1, -0.1 -> within
+    # bitfit: +1.0, +1.2 (x3) -> beyond the band; head: +0.1, -0.1 (x3) -> within
     assert s.loc["bitfit", ["change", "ci_low", "ci_high"]].tolist() == pytest.approx(
         [1.1, 1.0, 1.2]
     )
@@ -168,3 +170,12 @@ def test_no_forgetting_to_mitigate_is_not_a_hold() -> None:
     claim = claim_forgetting(forgetting_summary(t))
     assert claim["verdict"] == "inconclusive"
     assert claim["note"].startswith("no forgetting to mitigate at this budget")
+
+
+def test_too_few_adapted_clients_cannot_decide() -> None:
+    """Two adapted clients whose changes agree are no evidence at 95 %: inconclusive."""
+    t = summary_table()
+    t = t[(t["phase"] == "before") | t["adapted_to"].isin(["u0", "u1"])]
+    s = forgetting_summary(t).set_index("method")
+    assert np.isinf(s.loc["bitfit", "ci_high"]) and not s.loc["bitfit", "beyond_noise"]
+    assert claim_forgetting(s.reset_index())["verdict"] == "inconclusive"

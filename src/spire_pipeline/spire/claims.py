@@ -59,6 +59,9 @@ def _per_client(table: pd.DataFrame, phase: str, role: str) -> dict[str, dict[st
 
 def _row(claim: str, verdict: Verdict, iv: Interval | None, measured: str, note: str = "") -> dict:
     nan = float("nan")
+    if iv is not None and 0 < iv.n and np.isinf(iv.ci_low) and np.isinf(iv.ci_high):
+        few = f"{iv.n} clients are too few for a 95 % interval of a median (6 needed)"
+        note = f"{few}; {note}" if note else few
     return {
         "claim": claim,
         "verdict": verdict,

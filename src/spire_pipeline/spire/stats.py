@@ -5,6 +5,12 @@ summarised by the median, with a percentile bootstrap CI over clients. With few 
 bootstrap distribution is enumerated exactly (every one of the ``n**n`` resamples), otherwise
 it is drawn from a seeded generator. A verdict is ``holds``, ``fails`` or ``inconclusive``: a
 rule that cannot come out both ways is not a verdict.
+
+The percentile bootstrap of a median never leaves ``[min, max]`` of the values, so with very
+few clients it would call three clients that agree "significant". No distribution-free interval
+for a median reaches ``confidence`` with fewer than :func:`min_clients` values (even
+``[min, max]`` covers it only with probability ``1 - 2 / 2**n``): below that the interval is
+``(-inf, +inf)`` and every verdict built on it is ``inconclusive``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ class Interval:
         return bool(low <= self.ci_low and self.ci_high <= high)
 
 
+def min_clients(confidence: float = 0.95) -> int:
+    """The fewest values whose ``[min, max]`` covers the median with ``confidence`` (6 at 95 %)."""
+    n = 1
+    while 1.0 - 2.0 * 0.5**n < confidence:
+        n += 1
+    return n
+
+
 def _resample_indices(n: int, num: int, seed: int) -> np.ndarray:
     if n**n <= EXACT_MAX_RESAMPLES:
         return np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64)
@@ -59,7 +73,8 @@ def bootstrap(
     """``statistic`` of ``values`` (one per client) with a percentile bootstrap CI.
 
     Non-finite values (a diverged run: +inf is a legitimate "worst") are kept; NaN is not
-    allowed. ``statistic`` must accept ``axis=-1``.
+    allowed. ``statistic`` must accept ``axis=-1``. With fewer than :func:`min_clients` values
+    the CI is ``(-inf, +inf)``.
     """
     x = np.asarray(values, dtype=float).ravel()
     if x.size == 0:
@@ -67,6 +82,8 @@ def bootstrap(
         return Interval(nan, nan, nan, 0)
     if np.isnan(x).any():
         raise ValueError("bootstrap: values hold NaN (drop or resolve missing clients first)")
+    if x.size < min_clients(confidence):
+        return Interval(float(statistic(x, axis=-1)), -np.inf, np.inf, int(x.size))
     idx = _resample_indices(x.size, num, seed)
     stats = np.sort(statistic(x[idx], axis=-1))
     tail = (1.0 - confidence) / 2.0
