@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from _suite_common import Row
 
-from spire_pipeline.spire.methods import PRETRAINING
+from spire_pipeline.spire.methods import ADAPTATION, PRETRAINING
 from spire_pipeline.timing_hook import METRIC_PREFIX
 
 #: conf/base's main job should take at most this long (issue 12)
@@ -27,7 +27,7 @@ def newest_main_run(tracking_uri: str):
         return None
     runs = client.search_runs(
         [e.experiment_id for e in experiments],
-        filter_string=f"tags.`mlflow.runName` = '{MAIN_RUN_NAME}' and status = 'FINISHED'",
+        filter_string=f"tags.`mlflow.runName` LIKE '{MAIN_RUN_NAME}%' and status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -91,24 +91,35 @@ def projection_rows(params: dict, costs: dict, label: str) -> list[Row]:
     """The heavy pipelines' time, projected from per-step and per-image costs measured now.
 
     ``costs``: ``s_per_round`` (pretraining, per method), ``adapt_s_per_step`` (per method),
-    ``sample_ips`` (images/s of the sampler), ``feature_ips``. Partitioning, theory, reporting
-    and I/O are left out (about a minute of the 34 measured before this work).
+    ``sample_ips`` (images/s of the sampler), ``feature_ips``. Counts the tuning grid (one run
+    per client, method and learning rate to the largest epoch count, KID per cell), the
+    evaluation clients' adaptation (at the largest epoch count: an upper bound), KID and the
+    forgetting draws. Partitioning, theory, reporting and I/O are left out (about 2 minutes).
     """
     fp = params["federated_pretraining"]
     ca = params["client_adaptation"]
     kd = params["kid_evaluation"]
     dp = params["data_partitioning"]
     pretraining = fp["rounds"] * costs["s_per_round"] * len(fp["methods"])
-    steps = ca["local"]["steps"] or 0
-    unseen = dp["num_unseen_clients"]
+    tuning = ca.get("tuning") or {}
+    epochs = max(tuning.get("epochs") or [ca["local"].get("epochs") or 1])
+    per_epoch = math.ceil(dp["unseen_train_size"] / ca["local"]["batch_size"])
+    steps = ca["local"]["steps"] or epochs * per_epoch
+    unseen, tuners = dp["num_unseen_clients"], dp.get("num_tuning_clients", 0)
+    lrs = len(tuning.get("learning_rates") or []) if tuners else 0
     adapt_s = sum(costs["adapt_s_per_step"].get(m, math.nan) for m in ca["methods"])
-    adaptation = adapt_s * steps * unseen
+    adaptation = adapt_s * steps * (unseen + tuners * lrs)
     sets = sample_sets(dp["num_seen_clients"], unseen, fp["methods"], ca["methods"])
     grids = len(fp["methods"]) * dp["num_seen_clients"] * fp.get("grid_samples_per_client", 8)
-    images = sets * kd["num_generated"]
+    cells = tuners * lrs * len(tuning.get("epochs") or []) * len(ca["methods"])
+    shared = [m for m in ca["methods"] if ADAPTATION[m].shares_weights]
+    forgetting = (kd.get("forgetting_clients") or unseen) * len(shared) + kd.get(
+        "forgetting_draws", 0
+    ) * len(fp["methods"])
+    images = (sets + forgetting) * kd["num_generated"] + cells * tuning.get("num_generated", 0)
     kid = (images + grids) / costs["sample_ips"] + images / costs["feature_ips"]
     total = pretraining + adaptation + kid
-    parts = f"pretraining {pretraining:.0f}, adaptation {adaptation:.0f}, KID {kid:.0f}"
+    parts = f"pretraining {pretraining:.0f}, adaptation and tuning {adaptation:.0f}, KID {kid:.0f}"
     return [
         Row(
             f"main job projected ({label}): {parts}",

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver++"])
     g.add_argument("--steps", type=int, help="sampler steps")
+    g.add_argument(
+        "--guidance", type=float, help="personalisation guidance scale (1: none; default 1)"
+    )
     g.add_argument("--device", help="auto (default: a GPU when there is one), cpu or cuda")
 
     e = sub.add_parser(
