@@ -155,6 +155,25 @@ def test_kid_table(main_run, clients) -> None:
     assert (table["n_real"] <= kid_params["max_real"]).all()
 
 
+def test_conditioning_strength(main_run, clients) -> None:
+    """The samples KID drew are labelled: one row per (client, method, phase) of the KID table,
+    measures in range, metrics and a table in the report."""
+    project, _ = main_run
+    kid = pd.read_csv(versioned(project, "data/08_reporting/kid_table.csv"))
+    table = pd.read_csv(versioned(project, "data/08_reporting/conditioning_strength.csv"))
+    keys = ["client", "method", "phase"]
+    assert set(map(tuple, table[keys].to_numpy())) == set(map(tuple, kid[keys].to_numpy()))
+    assert table["own_class_share"].between(0, 1).all()
+    assert table["tv_distance"].between(0, 1).all()
+    assert (table["n_samples"] == quick("kid_evaluation")["num_generated"]).all()
+    assert table["classifier_accuracy"].between(0.3, 1).all()  # chance: 0.1
+    _, run = mlflow_run(project, "__default__ · quick · seed 0")
+    assert "conditioning.classifier_accuracy" in run.data.metrics
+    assert any(k.startswith("conditioning.adapted.unseen.spire.") for k in run.data.metrics)
+    report = (project / "data/08_reporting/latest/report.md").read_text()
+    assert "Conditioning strength of the same samples" in report
+
+
 def test_tuning_tables(main_run, tuning_clients) -> None:
     """Every method was tuned on the tuning clients with the same grid, and the evaluation
     clients were adapted with each method's choice."""

@@ -38,6 +38,7 @@ PARAMETER_MODELS: dict[str, str] = {
     "personalize": "spire_pipeline.spire.config:PersonalizeConfig",
     "generate": "spire_pipeline.spire.config:GenerateConfig",
     "diffusers_export": "spire_pipeline.spire.config:ExportConfig",
+    "personalization_frontier": "spire_pipeline.spire.config:FrontierConfig",
 }
 
 

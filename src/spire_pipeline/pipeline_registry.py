@@ -31,6 +31,7 @@ STAGES = {
     "personalize": "personalize",
     "generate": "generate",
     "diffusers_export": "export",
+    "personalization_frontier": "frontier",
 }
 
 

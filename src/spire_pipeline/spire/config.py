@@ -75,6 +75,9 @@ class LocalTrainConfig(_Strict):
     grad_clip: PositiveFloat | None = 1.0
     #: compute precision of the network (``spire.precision``); weights and loss stay float32
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    #: conditional training only: each image's conditioning vector is replaced by the null (zero)
+    #: embedding with this probability (0: never; what personalisation guidance needs)
+    embedding_dropout: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_budget(self) -> LocalTrainConfig:
@@ -168,6 +171,17 @@ class PretrainingConfig(_Strict):
         return methods
 
 
+class ConditioningConfig(_Strict):
+    """``kid_evaluation.conditioning``: the classifier that labels generated samples (trained on
+    the seen clients' train splits, cached by content; ``spire.specificity``)."""
+
+    enabled: bool = True
+    #: seen-client train images it is trained on (a seeded subset), and passes over them
+    max_images: PositiveInt = 6000
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 128
+
+
 class KIDConfig(_Strict):
     """Parameters of ``kid_evaluation``."""
 
@@ -189,6 +203,8 @@ class KIDConfig(_Strict):
     forgetting_draws: int = Field(3, ge=2)
     #: compute precision of the sampler's network passes (features and KID stay float32)
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    #: conditioning strength of the samples KID draws (client specificity)
+    conditioning: ConditioningConfig = ConditioningConfig()
 
 
 EmbeddingInit = Literal["zeros", "mean_seen", "random", "retrieval"]
@@ -233,6 +249,86 @@ class SweepConfig(_Strict):
     epochs: list[PositiveInt] = [1, 5, 20]
     clients: PositiveInt | None = 2
     num_generated: PositiveInt = 64
+
+
+FrontierVariant = Literal["plain", "guidance", "retrieval"]
+
+
+class FrontierPartition(_Strict):
+    """One partition scheme of the frontier (``alpha``: Dirichlet only)."""
+
+    scheme: Literal["dirichlet", "shards"]
+    alpha: float | None = Field(None, gt=0)
+    #: cross it with every ``unseen_train_sizes`` (else: the centre's size only)
+    all_shots: bool = False
+
+    @model_validator(mode="after")
+    def _alpha_for_dirichlet(self) -> FrontierPartition:
+        if (self.scheme == "dirichlet") != (self.alpha is not None):
+            raise ValueError("give alpha for scheme dirichlet, and only for it")
+        return self
+
+
+class FrontierConfig(_Strict):
+    """Parameters of ``personalization_frontier`` (``spire.frontier``): a one-factor-at-a-time
+    grid around a centre setting (the first partition, ``centre_train_size``, the first
+    ``num_seen_clients`` and the first ``compute``), shots crossed with every variant (and with
+    the partitions marked ``all_shots``)."""
+
+    seed: int = 0
+    partitions: list[FrontierPartition] = Field(
+        [FrontierPartition(scheme="dirichlet", alpha=0.3, all_shots=True)], min_length=1
+    )
+    unseen_train_sizes: list[PositiveInt] = Field([10, 30, 100, 300], min_length=1)
+    centre_train_size: PositiveInt = 100
+    #: pretraining compute in multiples of ``rounds`` (one run to the largest, snapshots kept)
+    compute: list[PositiveInt] = Field([1, 2, 4], min_length=1)
+    num_seen_clients: list[PositiveInt] = Field([10, 30, 100], min_length=1)
+    variants: list[FrontierVariant] = Field(["plain", "guidance", "retrieval"], min_length=1)
+    #: rounds of 1x pretraining compute (other pretraining settings: federated_pretraining)
+    rounds: PositiveInt = 150
+    #: clients per round, whatever the federation size (the same total pretraining compute)
+    clients_per_round: PositiveInt = 3
+    #: seen-client images (train + validation + test) shared evenly by the seen clients
+    seen_images: PositiveInt = 20_000
+    #: evaluation clients per partition (6: the fewest a 95 % interval of a median needs)
+    evaluation_clients: int = Field(6, ge=6)
+    #: tuning clients per partition (they choose the guidance scale)
+    tuning_clients: PositiveInt = 4
+    #: variant ``guidance``: embedding dropout in pretraining, then a guidance scale chosen
+    #: on the tuning clients from ``guidance_scales``
+    embedding_dropout: float = Field(0.1, gt=0, lt=1)
+    guidance_scales: list[PositiveFloat] = Field([1.0, 1.5, 2.0, 3.0], min_length=1)
+    methods: list[Literal[ADAPTATION_METHODS]] = [  # type: ignore[valid-type]
+        PROPOSED,
+        *(m for m in ADAPTATION_METHODS if m != PROPOSED and ADAPTATION[m].base is not None),
+    ]
+    #: adaptation learning rates and budgets: ``main_job`` (the newest adaptation_choices, chosen
+    #: on the main job's tuning clients) or ``configured`` (client_adaptation's values)
+    choices: Literal["main_job", "configured"] = "main_job"
+    #: samples per (setting, client, method)
+    num_generated: PositiveInt = 64
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: PositiveInt = 10_000
+    #: pretrained models per (partition, method, rounds), reused by the next run; None: off
+    cache_dir: str | None = "data/06_models/frontier"
+
+    @model_validator(mode="after")
+    def _centre(self) -> FrontierConfig:
+        if self.centre_train_size not in self.unseen_train_sizes:
+            raise ValueError(
+                f"centre_train_size ({self.centre_train_size}) must be one of unseen_train_sizes "
+                f"{self.unseen_train_sizes}"
+            )
+        if PROPOSED not in self.methods or len(self.methods) < 2:
+            raise ValueError(f"methods must hold {PROPOSED!r} and at least one baseline")
+        if "plain" not in self.variants:
+            raise ValueError("variants must hold 'plain' (every other factor uses it)")
+        for name in ("unseen_train_sizes", "compute", "num_seen_clients", "variants"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat values, got {values}")
+        return self
 
 
 class DatasetConfig(_Strict):

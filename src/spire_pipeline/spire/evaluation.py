@@ -58,6 +58,8 @@ class EvalJob:
     build: Callable[[], tuple] = field(compare=False, repr=False)
     bundle: ModelBundle = field(compare=False, repr=False)
     extra: dict = field(default_factory=dict, compare=False)
+    #: personalisation guidance of the samples (1: none; :func:`.diffusion.guided`)
+    guidance: float = field(default=1.0, compare=False)
 
     @property
     def sample_key(self) -> tuple[str, str | None]:
@@ -155,8 +157,14 @@ def evaluate(
     extractor_name: str,
     cfg: KIDConfig,
     progress: bool = True,
+    samples: dict[tuple[str, str, str], np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], np.ndarray]]:
-    """KID per job; returns the long table and a few samples per (client, method, phase)."""
+    """KID per job; returns the long table and a few samples per (client, method, phase).
+
+    ``samples``, when given, receives every generated image per (client, method, phase) (jobs
+    that share a sample set share the array), e.g. to label them without sampling again.
+    """
+    generated: dict[tuple, np.ndarray] = {}
     fake_features: dict[tuple, np.ndarray] = {}
     firsts: dict[tuple, np.ndarray] = {}
     grids: dict[tuple[str, str, str], np.ndarray] = {}
@@ -177,10 +185,15 @@ def evaluate(
                 batch_size=cfg.batch_size,
                 device=device,
                 precision=cfg.precision,
+                guidance=job.guidance,
             )
             fake_features[key] = extractor(images)
             firsts[key] = images[: cfg.grid_samples]
+            if samples is not None:
+                generated[key] = images
         grids[(job.client, job.method, job.phase)] = firsts[key]
+        if samples is not None:
+            samples[(job.client, job.method, job.phase)] = generated[key]
         real = real_features[job.client]
         mean, std = kid(
             fake_features[key],

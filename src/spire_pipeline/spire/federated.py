@@ -118,7 +118,10 @@ def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[Cl
         "flower",
         "grid_samples_per_client",
     }
-    h.update(cfg.model_dump_json(exclude=unrelated).encode())
+    exclude: dict = dict.fromkeys(unrelated, True)
+    if cfg.local.embedding_dropout == 0:  # the default: fingerprints of runs made before it exist
+        exclude["local"] = {"embedding_dropout"}
+    h.update(cfg.model_dump_json(exclude=exclude).encode())
     for c in clients:
         h.update(c.client.encode())
         h.update(c.images.numpy().tobytes())

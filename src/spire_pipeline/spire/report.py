@@ -53,6 +53,8 @@ COLUMN_NAMES = {
     "embedding_init": "embedding starts from",
     "source": "chosen by",
     "val_loss": "validation loss",
+    "own_class_share": "share in own classes (mean)",
+    "tv_median": "TV distance to the client's labels (median)",
     "axis": "error against",
     "ci_low": "CI low",
     "ci_high": "CI high",
@@ -241,6 +243,7 @@ def build_report(
     pretraining_history: pd.DataFrame,
     comparisons: pd.DataFrame | None = None,
     adaptation_choices: pd.DataFrame | None = None,
+    conditioning: pd.DataFrame | None = None,
     kid_summary: pd.DataFrame,
     kid_reference: pd.DataFrame,
     unseen_client_table: pd.DataFrame,
@@ -314,6 +317,11 @@ def build_report(
         fig("kid_bar_chart", "per-client KID"),
         "Real against real, per client (two halves of its test split):",
         plain_table(kid_reference),
+        "Conditioning strength of the same samples: mean share in the client's own classes and "
+        "median total-variation distance between their predicted label histogram and the "
+        "client's (0: the client's label mix; a classifier trained on the seen clients' train "
+        "splits labels them):",
+        plain_table(conditioning) if conditioning is not None else "_(none)_",
         "## Adaptation hyperparameters, chosen on the tuning clients",
         "Every method was tuned with the same learning-rate x epochs grid on the tuning clients "
         "(never on the evaluation clients); the evaluation clients were adapted once with these:",

@@ -81,6 +81,24 @@ def _optimizer(cfg: LocalTrainConfig, groups: list[ParamGroup]) -> torch.optim.O
     return torch.optim.Adam(torch_groups, fused=fused)
 
 
+def with_embedding_dropout(
+    cond: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], p: float, seed: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``cond`` (one vector or a function of the batch's indices) with each image's row replaced
+    by the null (zero) embedding with probability ``p``, drawn from a generator of its own
+    (seeded from ``seed``), so the batches and the noise stay those of ``p = 0``."""
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7_919) % 2**63)
+
+    def dropped(idx: torch.Tensor) -> torch.Tensor:
+        c = cond(idx) if callable(cond) else cond
+        if c.ndim == 1:
+            c = c.expand(len(idx), -1)
+        keep = (torch.rand(len(idx), generator=g) >= p).to(device=c.device, dtype=c.dtype)
+        return c * keep[:, None]
+
+    return dropped
+
+
 def local_train(
     denoise: Denoiser,
     groups: list[ParamGroup],
@@ -101,7 +119,9 @@ def local_train(
     Raises ``ClientTrainingError`` when the loss is not finite, naming ``client`` and the step.
     ``on_step(k)`` is called after the k-th step (1-based), e.g. to snapshot the tensors.
     The network computes in ``cfg.precision`` (:mod:`.precision`); the trained tensors, the
-    optimizer and the loss stay float32.
+    optimizer and the loss stay float32. With ``cfg.embedding_dropout`` > 0 a conditional
+    method trains on the null embedding for that share of its images
+    (:func:`with_embedding_dropout`; what personalisation guidance samples with).
     """
     trainable = [t for g in groups for t in g.params.values()]
     if not trainable:
@@ -114,6 +134,8 @@ def local_train(
     device = trainable[0].device
     steps = num_steps(cfg, n)
     net = in_precision(denoise, cfg.precision, device)
+    if cond is not None and cfg.embedding_dropout > 0:
+        cond = with_embedding_dropout(cond, cfg.embedding_dropout, seed)
     losses: list[float] = []
     order = torch.randperm(n, generator=g)
     pos = 0

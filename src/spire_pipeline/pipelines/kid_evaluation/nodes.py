@@ -23,9 +23,18 @@ from spire_pipeline.spire.evaluation import (
     pretrained_jobs,
     real_reference,
 )
+from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import kid_bars, kid_sample_grid
+from spire_pipeline.spire.specificity import (
+    CONDITIONING_COLUMNS,
+    accuracy,
+    cached_classifier,
+    conditioning_summary,
+    conditioning_table,
+    label_histogram,
+)
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -58,8 +67,9 @@ def evaluate_kid(
     adapted_models: dict,
     real_features: dict[str, np.ndarray],
     params: dict[str, Any],
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """KID of every (client, method, phase) against the client's test split.
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[tuple[str, str, str], np.ndarray]]:
+    """KID of every (client, method, phase) against the client's test split, the first samples
+    for the grids, and every sample (kept in memory for the conditioning strength).
 
     Phases: ``pretrained`` (seen and evaluation clients, every pretrained method that has a
     model for them) and ``adapted`` (evaluation clients, every adaptation method).
@@ -72,10 +82,71 @@ def evaluate_kid(
     jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
         resolve(adapted_models), pretrained, roles
     )
-    table, grids = evaluate(jobs, real_features, kid_extractor(cfg), kid_extractor_label(cfg), cfg)
+    generated: dict[tuple[str, str, str], np.ndarray] = {}
+    table, grids = evaluate(
+        jobs, real_features, kid_extractor(cfg), kid_extractor_label(cfg), cfg, samples=generated
+    )
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
     samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
-    return table, samples
+    return table, samples, generated
+
+
+def measure_conditioning(
+    client_splits: dict, generated: dict[tuple[str, str, str], np.ndarray], params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict]:
+    """Conditioning strength of the samples KID drew: per (client, method, phase), the share in
+    the client's own classes and the TV distance of their predicted label histogram from the
+    client's (test-split) label histogram, by a classifier trained on the seen clients' train
+    splits (seeded, cached by content)."""
+    cfg = validate_params(KIDConfig, params, "kid_evaluation")
+    if not cfg.conditioning.enabled:
+        return pd.DataFrame(columns=CONDITIONING_COLUMNS), {}
+    start = time.perf_counter()
+    splits = splits_from_partitions(client_splits)
+    num_classes = 1 + max(
+        int(np.concatenate([s.train_labels, s.test_labels]).max(initial=0)) for s in splits.values()
+    )
+    seen = [s for s in splits.values() if s.role == "seen"]
+    images = np.concatenate([s.train_images for s in seen])
+    labels = np.concatenate([s.train_labels for s in seen])
+    pick = np.random.default_rng(derive_seed(cfg.seed, "classifier")).permutation(len(labels))
+    pick = np.sort(pick[: cfg.conditioning.max_images])
+    net = cached_classifier(
+        images[pick],
+        labels[pick],
+        num_classes,
+        derive_seed(cfg.seed, "classifier"),
+        epochs=cfg.conditioning.epochs,
+        batch_size=cfg.conditioning.batch_size,
+        cache_dir=cfg.cache_dir,
+    )
+    acc = accuracy(
+        net,
+        np.concatenate([s.test_images for s in seen]),
+        np.concatenate([s.test_labels for s in seen]),
+    )
+    table = conditioning_table(
+        generated,
+        {c: label_histogram(s.test_labels, num_classes) for c, s in splits.items()},
+        {c: s.role for c, s in splits.items()},
+        net,
+        acc,
+    )
+    summary = conditioning_summary(table)
+    log.info(
+        "Conditioning strength (classifier %.1f %% accurate on the seen test splits; %.1f s):\n%s",
+        100 * acc,
+        time.perf_counter() - start,
+        summary.to_string(index=False),
+    )
+    metrics = {"classifier_accuracy": {"value": acc, "step": 0}}
+    for r in summary.itertuples():
+        for k in ("own_class_share", "tv_median"):
+            metrics[f"{r.phase}.{r.role}.{r.method}.{k}"] = {
+                "value": float(getattr(r, k)),
+                "step": 0,
+            }
+    return table, metrics
 
 
 def evaluate_forgetting(

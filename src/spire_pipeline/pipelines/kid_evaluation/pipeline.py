@@ -5,6 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from spire_pipeline.pipelines.kid_evaluation.nodes import (
     evaluate_forgetting,
     evaluate_kid,
+    measure_conditioning,
     plot_kid_bars,
     plot_kid_sample_grids,
     real_features,
@@ -32,8 +33,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "kid_real_features",
                     "params:kid_evaluation",
                 ],
-                outputs=["kid_table", "kid_samples"],
+                outputs=["kid_table", "kid_samples", "kid_generated"],
                 name="evaluate_kid",
+            ),
+            Node(
+                measure_conditioning,
+                inputs=["client_splits", "kid_generated", "params:kid_evaluation"],
+                outputs=["conditioning_strength", "conditioning_metrics"],
+                name="measure_conditioning",
             ),
             Node(
                 evaluate_forgetting,

@@ -14,6 +14,7 @@ from spire_pipeline.spire.claims import check_claims
 from spire_pipeline.spire.config import ClaimsConfig, DatasetConfig
 from spire_pipeline.spire.plots import efficiency
 from spire_pipeline.spire.report import build_report
+from spire_pipeline.spire.specificity import conditioning_summary
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def write_report(
     claims: pd.DataFrame,
     claims_comparisons: pd.DataFrame,
     adaptation_choices: pd.DataFrame,
+    conditioning_strength: pd.DataFrame,
     **figures: bytes | dict,
 ) -> dict[str, str | bytes]:
     """The run report (markdown) with its figures: a folder that stands alone."""
@@ -70,6 +72,7 @@ def write_report(
         claims=claims,
         comparisons=claims_comparisons,
         adaptation_choices=adaptation_choices,
+        conditioning=conditioning_summary(conditioning_strength),
         partition_table=partition_table,
         pretraining_history=pretraining_history,
         kid_summary=kid_summary,

@@ -51,6 +51,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "claims": "claims_table",
                     "claims_comparisons": "claims_comparisons",
                     "adaptation_choices": "adaptation_choices",
+                    "conditioning_strength": "conditioning_strength",
                     # figures (PNG bytes), embedded by relative path
                     **REPORT_FIGURES,
                 },
