@@ -609,7 +609,10 @@ BAD_PARAMS = [
     ({"methods": []}, "methods = []"),
     ({"methods": ["spire", "spire"]}, "methods = ['spire', 'spire']"),
     ({"engine": "ray"}, "engine = 'ray'"),
-    ({"backbone": {"block_out_channels": [8, 12], "norm_num_groups": 8}}, "backbone = "),
+    (
+        {"backbone": {"block_out_channels": [8, 12], "norm_num_groups": 8}},
+        "backbone.norm_num_groups = 8",
+    ),
     ({"local": {"steps": 3, "epochs": 2}}, "local = "),
     ({"local": {"lr": -1}}, "local.lr = -1"),
     ({"embedding_init": "ones"}, "embedding_init = 'ones'"),
