@@ -11,14 +11,18 @@ import importlib
 import logging
 import os
 import platform
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset
 
+from spire_pipeline.pipeline_registry import DEFAULT_PIPELINES
+from spire_pipeline.spire.consistency import RawData, check_consistency
 from spire_pipeline.spire.validation import check_sections, validate_params
 from spire_pipeline.tracking import run_info
 
@@ -47,13 +51,45 @@ def _model(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def validate_all(parameters: dict[str, Any]) -> None:
+def validate_all(
+    parameters: dict[str, Any],
+    stages: Collection[str] | None = None,
+    data: RawData | None = None,
+) -> None:
     """Validate every section of ``parameters``: an unknown section, an unknown key or a bad
-    value raises one ``ParameterError`` naming the parameter, its value and what is allowed."""
+    value raises one ``ParameterError`` naming the parameter, its value and what is allowed;
+    then the combinations across sections for a run of the pipelines ``stages`` (default: the
+    main job), and against the raw ``data`` when given (:mod:`spire_pipeline.spire.consistency`).
+    """
     check_sections(parameters, PARAMETER_MODELS, f"{__name__}.PARAMETER_MODELS")
     for section, path in PARAMETER_MODELS.items():
         if section in parameters:
             validate_params(_model(path), parameters[section], section)
+    check_consistency(parameters, DEFAULT_PIPELINES if stages is None else stages, data)
+
+
+def pipeline_stages(pipeline) -> set[str] | None:
+    """The project pipelines whose nodes ``pipeline`` runs (nodes are namespaced by their
+    pipeline, :mod:`spire_pipeline.pipeline_registry`)."""
+    if pipeline is None:
+        return None
+    return {n.namespace.split(".")[0] for n in pipeline.nodes if n.namespace}
+
+
+def raw_data(catalog, stages: Collection[str] | None) -> RawData | None:
+    """The raw labels and image shape, when partitioning runs and its datasets can tell them
+    without reading the images (``peek``); raises the dataset's error for a missing or
+    corrupt file, before any node."""
+    if stages is not None and "data_partitioning" not in stages:
+        return None
+    peeks = []
+    for name in ("raw_train", "raw_test"):
+        dataset = catalog.get(name) if name in catalog else None
+        if not hasattr(dataset, "peek"):
+            return None
+        peeks.append(dataset.peek())
+    (train, shape), (test, _) = peeks
+    return RawData(np.concatenate([train, test]).astype(np.int64), shape)
 
 
 class ParameterValidationHook:
@@ -62,8 +98,12 @@ class ParameterValidationHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         parameters = catalog.load("parameters") if "parameters" in catalog else {}
+        stages = pipeline_stages(pipeline)
         # raises ParameterError; no MLflow run is open yet (it opens with the first node)
-        validate_all(parameters)
+        validate_all(parameters, stages)
+        data = raw_data(catalog, stages)
+        if data is not None:  # the partition must fit the data (a dry run on the labels)
+            check_consistency(parameters, stages or DEFAULT_PIPELINES, data)
         log.info(
             "Parameters validated: %s", ", ".join(s for s in PARAMETER_MODELS if s in parameters)
         )

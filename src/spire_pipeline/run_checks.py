@@ -16,6 +16,7 @@ from kedro.framework.project import pipelines as registry
 from kedro.framework.project import settings
 
 from spire_pipeline.hooks import validate_all
+from spire_pipeline.pipeline_registry import DEFAULT_PIPELINES
 from spire_pipeline.spire.validation import did_you_mean
 
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
@@ -106,4 +107,12 @@ def check_run(
     check_env(env, conf)
     check_pipelines(pipelines)
     if conf.is_dir():
-        validate_all(load_parameters(conf, env, runtime_params))
+        validate_all(load_parameters(conf, env, runtime_params), run_stages(pipelines))
+
+
+def run_stages(pipelines: Iterable[str]) -> set[str]:
+    """The project pipelines a run of ``pipelines`` includes (``__default__``: the main job)."""
+    stages: set[str] = set()
+    for name in pipelines:
+        stages |= set(DEFAULT_PIPELINES) if name == DEFAULT_PIPELINE else {name}
+    return stages

@@ -11,12 +11,19 @@ from typing import Any
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
-from spire_pipeline.spire.idx import IDXFormatError, read_idx
+from spire_pipeline.spire.idx import IDXFormatError, idx_shape, read_idx
 
 HOW_TO_GET = (
     "Run `make data` (or `python -m spire_pipeline.data_setup`) to obtain Fashion-MNIST, "
     "or point the catalog entry at your own IDX or .npz files."
 )
+
+
+def one_image_shape(shape: tuple[int, ...], source: str) -> tuple[int, int, int]:
+    """(height, width, channels) of the images of an (N,H,W[,C]) array shape."""
+    if len(shape) not in (3, 4):
+        raise DatasetError(f"{source}: images must have shape (N,H,W) or (N,H,W,C), got {shape}")
+    return (int(shape[1]), int(shape[2]), int(shape[3]) if len(shape) == 4 else 1)
 
 
 def check_image_set(images: np.ndarray, labels: np.ndarray, source: str) -> dict[str, np.ndarray]:
@@ -66,6 +73,17 @@ class IDXImageDataset(AbstractDataset[None, dict[str, np.ndarray]]):
         images, labels = self._read(self._images), self._read(self._labels)
         return check_image_set(images, labels, f"{self._images} + {self._labels}")
 
+    def peek(self) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The labels and one image's (height, width, channels), without reading the images
+        (what parameter checks need before a run)."""
+        if not self._images.is_file():
+            raise DatasetError(f"{self._images}: file not found. {HOW_TO_GET}")
+        try:
+            shape = idx_shape(self._images)
+        except IDXFormatError as exc:
+            raise DatasetError(f"{exc}. The file is corrupt: delete it. {HOW_TO_GET}") from exc
+        return self._read(self._labels), one_image_shape(shape, str(self._images))
+
     def save(self, data: None) -> None:
         raise DatasetError(f"{type(self).__name__} is read-only")
 
@@ -113,6 +131,11 @@ class NpzImageDataset(AbstractDataset[dict[str, np.ndarray], dict[str, np.ndarra
         except (OSError, ValueError, EOFError) as exc:
             raise DatasetError(f"{path}: not a readable .npz file ({exc}). {HOW_TO_GET}") from exc
         return check_image_set(images, labels, str(path))
+
+    def peek(self) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The labels and one image's (height, width, channels)."""
+        data = self.load()
+        return data["labels"], one_image_shape(data["images"].shape, str(self._filepath))
 
     def save(self, data: dict[str, np.ndarray]) -> None:
         checked = check_image_set(data["images"], data["labels"], str(self._filepath))

@@ -83,7 +83,7 @@ def hello(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; the reply holds only shared arrays and scalars."""
     from spire_pipeline.flower.task import ClientStore, load_client_data, to_record
-    from spire_pipeline.spire.training import ClientTrainingError
+    from spire_pipeline.spire.federated import training_fault
 
     job, site, method, trainer = _setup(msg, context)
     config = msg.content["config"]
@@ -95,9 +95,10 @@ def train(msg: Message, context: Context) -> Message:
         update, new_state = trainer.train(
             backbone, load_client_data(site), state, round_idx, site.index
         )
-    except ClientTrainingError as exc:  # e.g. a NaN loss: the server drops this client's update
+    except Exception as exc:  # noqa: BLE001 - e.g. a NaN loss: the server drops this update
+        reason = training_fault(site.client, exc).reason
         content = RecordDict(
-            {"metrics": MetricRecord({"failed": 1}), "config": ConfigRecord({"reason": str(exc)})}
+            {"metrics": MetricRecord({"failed": 1}), "config": ConfigRecord({"reason": reason})}
         )
         return Message(content, reply_to=msg)
     store.save(context, new_state, round_idx, after_round)

@@ -187,8 +187,31 @@ class ClientFault:
     reason: str
 
 
+def update_fault(client: str, update: ClientUpdate) -> ClientFault | None:
+    """A ``failed`` fault when an update cannot be averaged: a loss or an array that holds NaN
+    or infinity (from any engine: the server never averages such an update)."""
+    bad = [n for n, v in update.upload.items() if not torch.isfinite(v).all()]
+    if bad:
+        return ClientFault(
+            "failed",
+            f"client {client}: its update holds NaN or infinity in {len(bad)} of "
+            f"{len(update.upload)} arrays (first: {bad[0]})",
+        )
+    if not np.isfinite(update.loss):
+        return ClientFault("failed", f"client {client}: its loss is {update.loss}")
+    return None
+
+
+def training_fault(client: str, exc: Exception) -> ClientFault:
+    """A ``failed`` fault for a client whose local training raised ``exc``."""
+    if isinstance(exc, ClientTrainingError):  # its message already names the client
+        return ClientFault("failed", str(exc))
+    return ClientFault("failed", f"client {client}: training raised {type(exc).__name__}: {exc}")
+
+
 class NotEnoughClientsError(RuntimeError):
-    """Fewer than ``min_clients`` of a round's selected clients could be reached.
+    """Fewer than ``min_clients`` of a round's selected clients delivered an update (the others
+    could not be reached, or their training failed).
 
     The round is not recorded and the checkpoint of the previous round stays as it was, so the
     same command resumes from it once the clients are back.
@@ -351,8 +374,13 @@ class RoundLoop:
             selected = select_clients(self.cfg, r, len(ids))
             losses, failed = {}, []
             avg = WeightedAverage()
-            for k, outcome in train_round(r, selected, server.backbone):
+            reasons: dict[str, str] = {}
+            for k, delivered in train_round(r, selected, server.backbone):
+                outcome = delivered
+                if isinstance(delivered, ClientUpdate):
+                    outcome = update_fault(ids[k], delivered) or delivered
                 if isinstance(outcome, ClientFault):
+                    reasons[ids[k]] = outcome.reason
                     if outcome.kind == "failed":
                         log.warning("round %d: %s; its update is dropped", r, outcome.reason)
                         failed.append(ids[k])
@@ -365,7 +393,7 @@ class RoundLoop:
                 losses[ids[k]] = outcome.loss
                 if outcome.upload:
                     avg.add(outcome.upload, outcome.num_samples)
-            self._check_reached(r, selected, missing)
+            self._check_reached(r, selected, missing, failed, reasons)
             if self.federated and losses:
                 server.backbone = {**server.backbone, **avg.result(server.backbone)}
         sent = state_bytes({n: server.backbone[n] for n in self.uploaded})
@@ -389,17 +417,37 @@ class RoundLoop:
             cb(server)
         return record
 
-    def _check_reached(self, r: int, selected: list[int], missing: list[str]) -> None:
+    def _check_reached(
+        self,
+        r: int,
+        selected: list[int],
+        missing: list[str],
+        failed: Sequence[str] = (),
+        reasons: dict[str, str] | None = None,
+    ) -> None:
         needed = min(self.cfg.min_clients, len(selected))
-        reached = len(selected) - len(missing)
-        if reached < needed:
-            kept = f"the checkpoint after round {r} is intact" if r else "no round was completed"
-            raise NotEnoughClientsError(
-                f"{self.method}, round {r + 1} of {self.cfg.rounds}: only {reached} of the "
-                f"{len(selected)} selected clients could be reached (missing: "
-                f"{', '.join(missing)}), fewer than min_clients = {self.cfg.min_clients}. The run "
-                f"stops here; {kept}, so the same command resumes once the clients are back."
+        took_part = len(selected) - len(missing) - len(failed)
+        if took_part >= needed:
+            return
+        kept = f"the checkpoint after round {r} is intact" if r else "no round was completed"
+        what = "delivered an update" if failed else "could be reached"
+        left_out = "; ".join(
+            f"{kind}: {', '.join(clients)}"
+            for kind, clients in (("missing", missing), ("failed", failed))
+            if clients
+        )
+        then = "the same command resumes once the clients are back"
+        if failed:
+            first = (reasons or {}).get(failed[0], "")
+            then = (
+                f"a failed client fails again unless its data or the parameters change "
+                f"({first}), and the same command then resumes from it"
             )
+        raise NotEnoughClientsError(
+            f"{self.method}, round {r + 1} of {self.cfg.rounds}: only {took_part} of the "
+            f"{len(selected)} selected clients {what} ({left_out}), fewer than min_clients = "
+            f"{self.cfg.min_clients}. The run stops here; {kept}; {then}."
+        )
 
 
 def pretrain(
@@ -434,8 +482,8 @@ def pretrain(
         for k in selected:
             try:
                 update, states[k] = trainer.train(backbone, clients[k], states[k], r, k)
-            except ClientTrainingError as exc:
-                yield k, ClientFault("failed", str(exc))
+            except Exception as exc:  # noqa: BLE001 - a client's fault, recorded, not the run's
+                yield k, training_fault(clients[k].client, exc)
                 continue
             yield k, update
 

@@ -61,6 +61,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     return parse_idx(raw, str(path))
 
 
+def idx_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape an IDX file announces in its header (nothing else is read)."""
+    path = Path(path)
+    try:
+        with _open(path) as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES:
+                raise IDXFormatError(f"{path}: not an IDX file (bad magic number)")
+            dims = fh.read(4 * head[3])
+    except (OSError, EOFError) as exc:
+        raise IDXFormatError(f"{path}: cannot be read as IDX ({exc})") from exc
+    if len(dims) < 4 * head[3]:
+        raise IDXFormatError(f"{path}: truncated IDX header")
+    return tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(head[3]))
+
+
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:
     """Write ``array`` as an IDX file; gzip-compressed when the name ends in ``.gz``."""
     path = Path(path)

@@ -109,11 +109,18 @@ def client_sizes(cfg: PartitionConfig, pool_size: int) -> tuple[int, int]:
     remaining = pool_size - small * n_unseen
     n_seen = cfg.seen_client_size or remaining // cfg.num_seen_clients
     if n_seen * cfg.num_seen_clients > remaining or n_seen <= cfg.min_test_size:
+        key, value = (
+            ("seen_client_size", cfg.seen_client_size)
+            if cfg.seen_client_size
+            else ("num_seen_clients", cfg.num_seen_clients)
+        )
         raise ParameterError(
-            "Invalid parameters: data_partitioning asks for more images than the data holds: "
-            f"{cfg.num_seen_clients} seen clients x {n_seen} (seen_client_size) + "
-            f"{small} unseen and tuning clients x {n_unseen} (unseen_train_size "
-            f"{cfg.unseen_train_size} + test) > {pool_size} images available"
+            f"Invalid parameters: parameter data_partitioning.{key} = {value}: asks for more "
+            f"images than the data holds: {cfg.num_seen_clients} seen clients x {n_seen} "
+            f"(seen_client_size) + {small} unseen and tuning clients x {n_unseen} "
+            f"(unseen_train_size {cfg.unseen_train_size} + test) > {pool_size} images available "
+            f"(allowed: seen clients of more than min_test_size = {cfg.min_test_size} images that "
+            "fit in the data with the others)"
         )
     return n_seen, n_unseen
 
@@ -147,8 +154,11 @@ def _class_proportions(
     return props
 
 
-def _draw_counts(p: np.ndarray, n: int, available: np.ndarray, rng, exact: bool) -> np.ndarray:
-    """Per-class counts for one client: ``n`` images drawn with class proportions ``p``."""
+def _draw_counts(
+    p: np.ndarray, n: int, available: np.ndarray, rng, exact: bool, culprit: str = ""
+) -> np.ndarray:
+    """Per-class counts for one client: ``n`` images drawn with class proportions ``p``;
+    ``culprit``: the parameter named when the classes cannot supply them."""
     if exact:  # shards: equal shares, remainder to random classes
         counts = np.floor(p * n).astype(int)
         extra = rng.choice(np.flatnonzero(p), size=n - counts.sum(), replace=False)
@@ -172,8 +182,10 @@ def _draw_counts(p: np.ndarray, n: int, available: np.ndarray, rng, exact: bool)
                 progressed = True
         if not progressed:
             raise ParameterError(
-                "Invalid parameters: data_partitioning: the classes assigned to a client do not "
-                "hold enough images; lower seen_client_size or the number of clients"
+                f"Invalid parameters: parameter {culprit or 'data_partitioning'}: the classes "
+                f"dealt to a client of {n} images do not hold enough images (allowed: a smaller "
+                "seen_client_size or unseen_train_size, fewer clients, or more "
+                "classes_per_client)"
             )
     return counts
 
@@ -203,7 +215,9 @@ def partition(images: np.ndarray, labels: np.ndarray, cfg: PartitionConfig) -> l
     splits: list[ClientSplit] = []
     for cid, role, n in order:
         p = np.asarray(prop_of[cid])
-        counts = _draw_counts(p, n, available, rng, exact=cfg.scheme == "shards")
+        size = "seen_client_size" if role == "seen" else "unseen_train_size"
+        culprit = f"data_partitioning.{size} = {getattr(cfg, size)}"
+        counts = _draw_counts(p, n, available, rng, exact=cfg.scheme == "shards", culprit=culprit)
         idx = np.concatenate([[pools[c].pop() for _ in range(k)] for c, k in enumerate(counts)])
         idx = rng.permutation(idx.astype(np.int64))
         available -= counts

@@ -66,7 +66,24 @@ def _problem(model: type[BaseModel], section: str, err: dict[str, Any]) -> str:
             f"parameter {name} = {shown(err.get('input'))}: unknown key{hint} "
             f"(allowed: {', '.join(allowed)})"
         )
+    culprit = _named_field(model, loc, err)
+    if culprit is not None:  # a check across fields that names its first field
+        field, value = culprit
+        return f"parameter {name}.{field} = {shown(value)}: {err['msg']}"
     return f"parameter {name} = {shown(err.get('input'))}: {err['msg']}"
+
+
+def _named_field(
+    model: type[BaseModel], loc: tuple[Any, ...], err: dict[str, Any]
+) -> tuple[str, Any] | None:
+    """For a model-level check whose message starts with one of the model's fields
+    (``"seen_client_size (40) must exceed ..."``): that field and its value."""
+    value = err.get("input")
+    if err["type"] != "value_error" or not isinstance(value, dict):
+        return None
+    fields = allowed_keys(model, loc) or []
+    first = str(err.get("ctx", {}).get("error", "")).split(" ", 1)[0].rstrip(":")
+    return (first, value[first]) if first in fields and first in value else None
 
 
 def validate_params(model: type[M], params: dict[str, Any] | None, section: str) -> M:
