@@ -284,21 +284,17 @@ def test_quick_frontier_writes_the_table_and_figure(make_project_copy, run_kedro
     assert "Pipeline execution completed" in result.output, result.tail()
     table = _newest(project / "data/08_reporting/frontier_table.csv")
     assert list(table.columns[: len(REQUIRED)]) == REQUIRED
-    assert len(table) == 3 and set(table["variant"]) == {"plain", "guidance"}
-    assert set(table["compute"]) == {1, 2}
+    assert len(table) == 3 and set(table["variant"]) == {"plain", "guidance", "retrieval"}
     assert set(table["verdict"]) <= {"holds", "fails", "inconclusive"}
     assert table["n_clients"].eq(6).all() and np.isfinite(table["ci_low"]).all()
     assert table["specificity"].between(0, 1).all()
     kid = _newest(project / "data/07_model_output/frontier_kid.csv")
-    assert kid.groupby("setting")["method"].nunique().eq(5).all()
+    assert kid.groupby("setting")["method"].nunique().eq(3).all()
     assert not kid["client"].str.startswith(("seen", "tuning")).any()  # evaluation clients only
     guidance = _newest(project / "data/07_model_output/frontier_guidance.csv")
     assert set(guidance["guidance"]) == {1.0, 2.0} and guidance["chosen"].any()
     assert guidance["client"].str.startswith("tuning").all()
     (figure,) = (project / "data/08_reporting/frontier.png").glob("*/frontier.png")
     assert figure.stat().st_size > 10_000
-    # the pretrained models are cached: a second run trains nothing
-    again = run_kedro(
-        project, "--pipeline", "personalization_frontier", "--env", "quick", timeout=300
-    )
-    assert "reused from" in again.output
+    # the pretrained models are cached for the next run (reuse: test_snapshots_...)
+    assert len(list((project / "data/06_models/frontier").glob("*.safetensors"))) == 3
