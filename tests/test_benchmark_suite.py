@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,11 +120,13 @@ def test_kedro_run_logs_its_time_per_pipeline(make_project_copy, run_kedro) -> N
     import mlflow
 
     project = make_project_copy("timing")
+    start = time.perf_counter()
     result = run_kedro(project, "--pipeline", "data_partitioning", "--env", "quick")
+    wall = time.perf_counter() - start  # the whole command, start-up included
     assert "Wall time per pipeline: data_partitioning" in result.flat_output
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("spire_pipeline").experiment_id])
     metrics = run.data.metrics
     assert 0 < metrics["timing.data_partitioning"] <= metrics["timing.total"]
-    wall = (run.info.end_time - run.info.start_time) / 1000
-    assert metrics["timing.total"] <= wall + 1
+    # the MLflow run opens lazily at the first node; the timing covers the whole pipeline run
+    assert metrics["timing.total"] <= wall

@@ -29,7 +29,7 @@ BAD_INPUTS = {
     "env": (
         ["--env", "quik"],
         "RunInputError: unknown env 'quik'; did you mean 'quick'? "
-        "(environments, the folders of conf/: base, local, paper, quick",
+        "(environments, the folders of conf/: base, gpu, local, paper, quick",
     ),
     "section": (
         ["--env", "quick", "--params", "federated_pretrainig.rounds=3"],
