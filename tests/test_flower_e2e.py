@@ -194,7 +194,7 @@ def test_simulation_outputs_and_records(simulation, project) -> None:
     experiment = client.get_experiment_by_name("spire_pipeline")
     (run, *_) = client.search_runs(
         [experiment.experiment_id],
-        "attributes.run_name = 'federated_pretraining'",
+        "attributes.run_name LIKE 'federated_pretraining · %'",
         order_by=["attributes.start_time ASC"],
     )
     assert run.data.params[f"{SECTION}.engine"] == "flower"
