@@ -45,17 +45,19 @@ def test_notebook_runs_against_a_quick_run(quick_main_job, run_kedro, monkeypatc
     from nbclient import NotebookClient
 
     project = quick_main_job.project
-    # a second MLflow run to compare with: the theory with another seed (seconds)
-    run_kedro(
-        project,
-        "--env",
-        "quick",
-        "--pipeline",
-        "gmm_theory",
-        "--params",
-        "gmm_theory.seed=1",
-        timeout=300,
-    )
+    # two more MLflow runs to compare (the theory with two other seeds, seconds each): the
+    # newest two then differ in the seed whatever other tests ran in this shared project
+    for seed in (1, 2):
+        run_kedro(
+            project,
+            "--env",
+            "quick",
+            "--pipeline",
+            "gmm_theory",
+            "--params",
+            f"gmm_theory.seed={seed}",
+            timeout=300,
+        )
     (project / "notebooks").mkdir(exist_ok=True)
     notebook = shutil.copy(NOTEBOOK, project / "notebooks" / NOTEBOOK.name)
     # the kernel inherits this environment: the one a kedro subprocess in the copy gets
