@@ -222,6 +222,9 @@ class AdaptationConfig(_Strict):
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
     device: str = "auto"
+    #: finished adaptations (per method, client and settings; keyed by content), so that a run
+    #: killed half-way redoes only the others (``spire.job_cache``); ``None``: off
+    cache_dir: str | None = "data/06_models/adaptation_cache"
 
 
 class SweepConfig(_Strict):

@@ -24,6 +24,7 @@ from spire_pipeline.spire.evaluation import (
     real_reference,
 )
 from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
+from spire_pipeline.spire.job_cache import sample_cache
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import kid_bars, kid_sample_grid
 from spire_pipeline.spire.validation import validate_params
@@ -72,7 +73,14 @@ def evaluate_kid(
     jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
         resolve(adapted_models), pretrained, roles
     )
-    table, grids = evaluate(jobs, real_features, kid_extractor(cfg), kid_extractor_label(cfg), cfg)
+    table, grids = evaluate(
+        jobs,
+        real_features,
+        kid_extractor(cfg),
+        kid_extractor_label(cfg),
+        cfg,
+        cache=sample_cache(cfg.cache_dir),  # a rerun after a kill draws only what it lacks
+    )
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
     samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
     return table, samples
@@ -101,6 +109,7 @@ def evaluate_forgetting(
         cfg,
         adapted_clients=unseen[: cfg.forgetting_clients],
         draws=cfg.forgetting_draws,
+        cache=sample_cache(cfg.cache_dir),
     )
 
 
