@@ -100,6 +100,23 @@ def test_inconsistent_combination_is_named_in_one_line(path, value, expected) ->
     assert "(allowed: " in message, message
 
 
+EMPTY = [
+    "robustness_sweep.learning_rates",
+    "robustness_sweep.epochs",
+    "robustness_sweep.methods",
+    "client_adaptation.methods",
+    "client_adaptation.tuning.learning_rates",
+    "client_adaptation.tuning.epochs",
+]
+
+
+@pytest.mark.parametrize("path", EMPTY)
+def test_an_empty_grid_or_method_list_is_rejected(path) -> None:
+    with pytest.raises(ParameterError) as err:
+        validate_all(with_value(path, []), EVERY_STAGE)
+    assert f"parameter {path} = []: List should have at least 1 item" in str(err.value)
+
+
 def test_checks_apply_only_to_the_pipelines_that_run() -> None:
     no_evaluation = with_value("data_partitioning.num_unseen_clients", 0)
     assert consistency_problems(no_evaluation, ["data_partitioning", "federated_pretraining"]) == []

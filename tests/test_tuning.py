@@ -79,6 +79,7 @@ def client_splits(poison_evaluation_tests: bool) -> dict[str, dict[str, np.ndarr
 ADAPTATION = {
     "methods": ["spire", "bitfit"],
     "local": {"steps": 2, "batch_size": 4},
+    "cache_dir": None,  # nothing written to the working tree
     "tuning": {
         "learning_rates": [1e-3, 1e-1],
         "epochs": [1, 2],

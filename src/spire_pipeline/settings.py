@@ -2,6 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
+from spire_pipeline.atomic_saves import AtomicSaveHook
 from spire_pipeline.hooks import MlflowArtifactHook, ParameterValidationHook, RunMetadataHook
 from spire_pipeline.timing_hook import PipelineTimingHook
 from spire_pipeline.tracking.hook import SpireMlflowHook
@@ -15,6 +16,7 @@ HOOKS = (
     SpireMlflowHook(),
     MlflowArtifactHook(),
     PipelineTimingHook(),
+    AtomicSaveHook(),
 )
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
 

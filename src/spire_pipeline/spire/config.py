@@ -231,22 +231,29 @@ class AdaptationConfig(_Strict):
     """
 
     seed: int = 0
-    methods: list[Literal[ADAPTATION_METHODS]] = list(ADAPTATION_METHODS)  # type: ignore[valid-type]
+    methods: list[Literal[ADAPTATION_METHODS]] = Field(  # type: ignore[valid-type]
+        list(ADAPTATION_METHODS), min_length=1
+    )
     embedding_init: EmbeddingInit = "mean_seen"
     local: LocalTrainConfig = LocalTrainConfig(steps=200, lr=1e-3, embedding_lr=5e-2)
     tuning: TuningConfig = TuningConfig()
     lora_rank: PositiveInt = 4
     lora_alpha: PositiveFloat = 4.0
     device: str = "auto"
+    #: finished adaptations (per method, client and settings; keyed by content), so that a run
+    #: killed half-way redoes only the others (``spire.job_cache``); ``None``: off
+    cache_dir: str | None = "data/06_models/adaptation_cache"
 
 
 class SweepConfig(_Strict):
     """Parameters of ``robustness_sweep``."""
 
     seed: int = 0
-    methods: list[Literal[ADAPTATION_METHODS]] = ["spire", "full_finetune", "lora", "bitfit"]  # type: ignore[valid-type]
-    learning_rates: list[PositiveFloat] = [1e-4, 1e-3, 1e-2, 1e-1]
-    epochs: list[PositiveInt] = [1, 5, 20]
+    methods: list[Literal[ADAPTATION_METHODS]] = Field(  # type: ignore[valid-type]
+        ["spire", "full_finetune", "lora", "bitfit"], min_length=1
+    )
+    learning_rates: list[PositiveFloat] = Field([1e-4, 1e-3, 1e-2, 1e-1], min_length=1)
+    epochs: list[PositiveInt] = Field([1, 5, 20], min_length=1)
     clients: PositiveInt | None = 2
     num_generated: PositiveInt = 64
 

@@ -23,6 +23,7 @@ from spire_pipeline.spire.config import KIDConfig
 from spire_pipeline.spire.features import FeatureExtractor, build_feature_extractor, extractor_label
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
+from spire_pipeline.spire.job_cache import JobCache, SampleRequest, cached_samples
 from spire_pipeline.spire.kid import kid
 from spire_pipeline.spire.methods import ADAPTATION, PRETRAINING
 from spire_pipeline.spire.model import resolve_device
@@ -62,8 +63,8 @@ class EvalJob:
     guidance: float = field(default=1.0, compare=False)
 
     @property
-    def sample_key(self) -> tuple[str, str | None]:
-        return (self.source, self.condition)
+    def sample_key(self) -> tuple[str, str | None, float]:
+        return (self.source, self.condition, self.guidance)
 
 
 def pretrained_jobs(bundles: dict[str, ModelBundle], roles: dict[str, str]) -> list[EvalJob]:
@@ -157,13 +158,15 @@ def evaluate(
     extractor_name: str,
     cfg: KIDConfig,
     progress: bool = True,
+    cache: JobCache | None = None,
     samples: dict[tuple[str, str, str], np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], np.ndarray]]:
     """KID per job; returns the long table and a few samples per (client, method, phase).
 
-    ``samples``, when given, receives every generated image per (client, method, phase) (jobs
-    that share a sample set share the array), e.g. to label them without sampling again.
-    """
+    ``cache``: each job's samples and features are kept there (:mod:`.job_cache`), so that a
+    rerun draws only the samples it does not find. ``samples``, when given, receives every
+    generated image per (client, method, phase) (jobs that share a sample set share the array),
+    e.g. to label them without sampling again."""
     generated: dict[tuple, np.ndarray] = {}
     fake_features: dict[tuple, np.ndarray] = {}
     firsts: dict[tuple, np.ndarray] = {}
@@ -174,20 +177,24 @@ def evaluate(
         key = job.sample_key
         if key not in fake_features:
             model, emb = job.build()
-            images = generate_from(
+            request = SampleRequest(
+                cfg.num_generated,
+                derive_seed(cfg.seed, "kid", job.condition or "-"),
+                cfg.sampler_steps,
+                cfg.batch_size,
+                device,
+                cfg.precision,
+                job.guidance,
+            )
+            fake_features[key], images = cached_samples(
+                cache,
                 model,
                 emb,
-                job.bundle.backbone_cfg,
-                job.bundle.diffusion_cfg,
-                cfg.num_generated,
-                seed=derive_seed(cfg.seed, "kid", job.condition or "-"),
-                steps=cfg.sampler_steps,
-                batch_size=cfg.batch_size,
-                device=device,
-                precision=cfg.precision,
-                guidance=job.guidance,
+                job.bundle,
+                request,
+                extractor_name,
+                lambda m=model, e=emb, b=job.bundle, q=request: draw(m, e, b, q, extractor),
             )
-            fake_features[key] = extractor(images)
             firsts[key] = images[: cfg.grid_samples]
             if samples is not None:
                 generated[key] = images
@@ -216,8 +223,29 @@ def evaluate(
                 **job.extra,
             }
         )
-    log.info("KID: %d rows from %d sample sets", len(rows), len(fake_features))
+    reused = f" ({cache.summary()})" if cache is not None else ""
+    log.info("KID: %d rows from %d sample sets%s", len(rows), len(fake_features), reused)
     return pd.DataFrame(rows), grids
+
+
+def draw(
+    model, cond, bundle: ModelBundle, request: SampleRequest, extractor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of ``model`` conditioned on ``cond`` as ``request`` says, and their features."""
+    images = generate_from(
+        model,
+        cond,
+        bundle.backbone_cfg,
+        bundle.diffusion_cfg,
+        request.num,
+        seed=request.seed,
+        steps=request.steps,
+        batch_size=request.batch_size,
+        device=request.device,
+        precision=request.precision,
+        guidance=request.guidance,
+    )
+    return np.asarray(extractor(images)), images
 
 
 def kid_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import KIDConfig
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.generate import generate_from
+from spire_pipeline.spire.job_cache import JobCache, SampleRequest, cached_samples
 from spire_pipeline.spire.kid import kid
 from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.model import backbone_sha, resolve_device
@@ -84,6 +85,7 @@ def forgetting_kid(
     draws: int = 3,
     pretrained_after: dict[str, ModelBundle] | None = None,
     progress: bool = True,
+    cache: JobCache | None = None,
 ) -> pd.DataFrame:
     """KID of population samples against ``seen_features`` (the pooled seen test images),
     before adaptation (``draws`` seeds per base model) and after each adaptation to one of
@@ -125,26 +127,36 @@ def forgetting_kid(
     rows = []
     for info, build, bundle, seed in tqdm(runs, desc="forgetting", disable=not progress):
         model, conds = build()
-        images = generate_from(
-            model,
-            conds,
-            bundle.backbone_cfg,
-            bundle.diffusion_cfg,
-            num,
-            seed=seed,
-            steps=cfg.sampler_steps,
-            batch_size=cfg.batch_size,
-            device=device,
-            precision=cfg.precision,
+        request = SampleRequest(num, seed, cfg.sampler_steps, cfg.batch_size, device, cfg.precision)
+
+        def draw(model=model, conds=conds, bundle=bundle, seed=seed):
+            images = generate_from(
+                model,
+                conds,
+                bundle.backbone_cfg,
+                bundle.diffusion_cfg,
+                num,
+                seed=seed,
+                steps=cfg.sampler_steps,
+                batch_size=cfg.batch_size,
+                device=device,
+                precision=cfg.precision,
+            )
+            return extractor(images), images
+
+        features, images = cached_samples(
+            cache, model, conds, bundle, request, extractor_name, draw
         )
         mean, std = kid(
-            extractor(images),
+            features,
             seen_features,
             num_subsets=cfg.num_subsets,
             max_subset_size=cfg.max_subset_size,
             seed=derive_seed(cfg.seed, "subsets", "population"),
         )
         rows.append({**info, "kid_mean": mean, "kid_std": std, "n_generated": len(images)})
+    if cache is not None:
+        log.info("Forgetting: sample sets %s", cache.summary())
     table = pd.DataFrame(rows)
     table["n_real"] = len(seen_features)
     table["extractor"] = extractor_name

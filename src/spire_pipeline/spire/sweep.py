@@ -28,6 +28,7 @@ from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, SweepConfig
 from spire_pipeline.spire.evaluation import EvalJob
 from spire_pipeline.spire.federated import ClientData
+from spire_pipeline.spire.job_cache import JobCache, cached_adapt
 from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.training import ClientTrainingError
 
@@ -49,8 +50,11 @@ def sweep_jobs(
     adaptation: AdaptationConfig,
     role: str = "unseen",
     phase: str = "sweep",
+    cache: JobCache | None = None,
 ) -> tuple[list[EvalJob], list[dict]]:
-    """Adapt every (method, client, lr) once: one KID job per grid cell, and the diverged cells."""
+    """Adapt every (method, client, lr) once: one KID job per grid cell, and the diverged cells.
+
+    ``cache``: finished adaptations are kept there and reused (:mod:`.job_cache`)."""
     jobs, diverged = [], []
     runs = [(m, c, lr) for m in sweep.methods for c in clients for lr in sweep.learning_rates]
     for method, client, lr in tqdm(runs, desc=f"{phase}: adapt", unit="run"):
@@ -60,13 +64,15 @@ def sweep_jobs(
             update={"steps": max(steps.values()), "epochs": None, "lr": lr, "embedding_lr": lr}
         )
         try:
-            a = adapt(
+            a = cached_adapt(
+                cache,
                 method,
                 pretrained,
                 client,
                 adaptation,
                 local=local,
                 snapshot_steps=[*steps.values()],
+                compute=adapt,
             )
         except ClientTrainingError as exc:
             done = [s for s in steps.values() if exc.step is not None and s <= exc.step]
@@ -91,7 +97,16 @@ def sweep_jobs(
             if not steps:
                 continue
             local = local.model_copy(update={"steps": max(done)})
-            a = adapt(method, pretrained, client, adaptation, local=local, snapshot_steps=done)
+            a = cached_adapt(
+                cache,
+                method,
+                pretrained,
+                client,
+                adaptation,
+                local=local,
+                snapshot_steps=done,
+                compute=adapt,
+            )
         for epochs, step in steps.items():
             b = a.snapshots[step]
             source = f"{phase}/{method}/{client.client}/{lr:g}/{epochs}"

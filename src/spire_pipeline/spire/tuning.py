@@ -25,6 +25,7 @@ from spire_pipeline.spire.config import AdaptationConfig, KIDConfig, LocalTrainC
 from spire_pipeline.spire.diffusion import heldout_losses, make_scheduler
 from spire_pipeline.spire.evaluation import evaluate
 from spire_pipeline.spire.federated import ClientData, derive_seed
+from spire_pipeline.spire.job_cache import JobCache
 from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.model import embedding_dim
 from spire_pipeline.spire.sweep import cell_table, choose, sweep_jobs, with_diverged
@@ -121,9 +122,12 @@ def tune(
     extractor_name: str,
     cfg: AdaptationConfig,
     kid_cfg: KIDConfig,
+    adapt_cache: JobCache | None = None,
+    sample_cache: JobCache | None = None,
 ) -> TuningResult:
     """Choose every method's learning rate and epochs (and SPIRE's initialisation) on
     ``clients``; ``real_features`` holds their test-split features (and may hold nothing else).
+    Finished adaptations and samples are kept in and reused from the caches (:mod:`.job_cache`).
     """
     names = [c.data.client for c in clients]
     if missing := sorted(set(names) - set(real_features)):
@@ -144,10 +148,18 @@ def tune(
         run_cfg = cfg.model_copy(update={"embedding_init": chosen_init.get(method, "zeros")})
         one = GridSpec([method], grid.learning_rates, grid.epochs)
         jobs, diverged = sweep_jobs(
-            pretrained, [c.data for c in clients], one, run_cfg, role="tuning", phase="tuning"
+            pretrained,
+            [c.data for c in clients],
+            one,
+            run_cfg,
+            role="tuning",
+            phase="tuning",
+            cache=adapt_cache,
         )
         kid_run = kid_cfg.model_copy(update={"num_generated": cfg.tuning.num_generated})
-        table, _ = evaluate(jobs, real_features, extractor, extractor_name, kid_run)
+        table, _ = evaluate(
+            jobs, real_features, extractor, extractor_name, kid_run, cache=sample_cache
+        )
         tables.append(with_diverged(table, diverged, extractor_name))
     table = pd.concat(tables, ignore_index=True)
     best = choose(cell_table(table)).set_index("method")
@@ -172,6 +184,8 @@ def tune(
         )
     choices = pd.DataFrame(rows, columns=CHOICE_COLUMNS)
     log.info("tuning choices:\n%s", choices.to_string(index=False))
+    if adapt_cache is not None:
+        log.info("tuning: adaptations %s", adapt_cache.summary())
     return TuningResult(table, inits, choices)
 
 

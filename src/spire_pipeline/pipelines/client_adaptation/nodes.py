@@ -11,12 +11,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from spire_pipeline.datasets.partitions import resolve
-from spire_pipeline.spire.adaptation import adapt
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import AdaptationConfig, KIDConfig
 from spire_pipeline.spire.diffusion import to_model_space
 from spire_pipeline.spire.evaluation import cached_features, kid_extractor, kid_extractor_label
 from spire_pipeline.spire.federated import ClientData
+from spire_pipeline.spire.job_cache import adaptation_cache, cached_adapt, sample_cache
 from spire_pipeline.spire.partition import ClientSplit, splits_from_partitions
 from spire_pipeline.spire.tuning import TuningClient, chosen_settings, config_choices, tune
 from spire_pipeline.spire.validation import validate_params
@@ -80,7 +80,17 @@ def tune_adaptation(
         inits = pd.DataFrame(columns=["client", "embedding_init", "heldout_loss", "method"])
         return config_choices(cfg), grid, inits, {}
     clients, features, extractor, label = tuning_data(client_splits, kid_cfg)
-    result = tune(resolve(pretrained_models), clients, features, extractor, label, cfg, kid_cfg)
+    result = tune(
+        resolve(pretrained_models),
+        clients,
+        features,
+        extractor,
+        label,
+        cfg,
+        kid_cfg,
+        adapt_cache=adaptation_cache(cfg.cache_dir),
+        sample_cache=sample_cache(kid_cfg.cache_dir),
+    )
     metrics = {
         f"{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
         for r in result.choices.itertuples()
@@ -107,9 +117,10 @@ def adapt_unseen_clients(
         )
     adapted, rows = {}, []
     jobs = [(m, c) for m in cfg.methods for c in clients]
+    cache = adaptation_cache(cfg.cache_dir)  # a rerun after a kill redoes only the others
     for method, client in tqdm(jobs, desc="adapt", unit="client"):
         run_cfg, local = chosen_settings(cfg, adaptation_choices, method)
-        a = adapt(method, pretrained, client, run_cfg, local=local)
+        a = cached_adapt(cache, method, pretrained, client, run_cfg, local=local)
         adapted[f"{method}__{client.client}"] = a.bundle
         rows.append(
             {
@@ -123,6 +134,8 @@ def adapt_unseen_clients(
                 "final_loss": a.result.final_loss,
             }
         )
+    if cache is not None:
+        log.info("Adaptations: %s", cache.summary())
     table = pd.DataFrame(rows)
     per_method = table.groupby("method").agg(
         trained_params=("trained_params", "first"),

@@ -25,6 +25,7 @@ from spire_pipeline.spire.evaluation import (
 )
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
+from spire_pipeline.spire.job_cache import sample_cache
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import kid_bars, kid_sample_grid
 from spire_pipeline.spire.specificity import (
@@ -84,7 +85,13 @@ def evaluate_kid(
     )
     generated: dict[tuple[str, str, str], np.ndarray] = {}
     table, grids = evaluate(
-        jobs, real_features, kid_extractor(cfg), kid_extractor_label(cfg), cfg, samples=generated
+        jobs,
+        real_features,
+        kid_extractor(cfg),
+        kid_extractor_label(cfg),
+        cfg,
+        cache=sample_cache(cfg.cache_dir),  # a rerun after a kill draws only what it lacks
+        samples=generated,
     )
     log.info("KID of %d (client, method, phase) in %.1f s", len(table), time.perf_counter() - start)
     samples = {f"{c}__{m}__{p}": imgs for (c, m, p), imgs in grids.items()}
@@ -172,6 +179,7 @@ def evaluate_forgetting(
         cfg,
         adapted_clients=unseen[: cfg.forgetting_clients],
         draws=cfg.forgetting_draws,
+        cache=sample_cache(cfg.cache_dir),
     )
 
 

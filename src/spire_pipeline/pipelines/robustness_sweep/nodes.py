@@ -12,6 +12,7 @@ from spire_pipeline.datasets.partitions import resolve
 from spire_pipeline.pipelines.client_adaptation.nodes import tuning_data
 from spire_pipeline.spire.config import AdaptationConfig, KIDConfig, SweepConfig
 from spire_pipeline.spire.evaluation import evaluate
+from spire_pipeline.spire.job_cache import adaptation_cache, sample_cache
 from spire_pipeline.spire.plots import sweep_heatmaps
 from spire_pipeline.spire.sweep import sweep_jobs, sweep_summary, with_diverged
 from spire_pipeline.spire.validation import validate_params
@@ -42,8 +43,17 @@ def run_sweep(
             "data_partitioning.num_tuning_clients"
         )
     data = [c.data for c in clients[: sweep.clients]]
-    jobs, diverged = sweep_jobs(resolve(pretrained_models), data, sweep, adaptation, role="tuning")
-    table, _ = evaluate(jobs, features, extractor, ext, kid_cfg)
+    jobs, diverged = sweep_jobs(
+        resolve(pretrained_models),
+        data,
+        sweep,
+        adaptation,
+        role="tuning",
+        cache=adaptation_cache(adaptation.cache_dir),
+    )
+    table, _ = evaluate(
+        jobs, features, extractor, ext, kid_cfg, cache=sample_cache(kid_cfg.cache_dir)
+    )
     # diverged runs are kept as rows with no KID, so that the grid shows where training failed
     table = with_diverged(table, diverged, ext)
     summary = sweep_summary(table)
