@@ -133,3 +133,13 @@ def test_keys_separate_values_and_types() -> None:
     assert content_key(t) != content_key(t.double()) != content_key(t.reshape(1, 3))
     assert content_key({"a": t}) == content_key({"a": torch.zeros(3)})
     assert job_cache.CACHE_FORMAT >= 1
+
+
+def test_summary_counts_only_the_lookups_after_a_mark(tmp_path) -> None:
+    cache = JobCache.at(tmp_path, "x", ".bin")
+    cache.write("a", lambda tmp: tmp.write_bytes(b"1"))
+    assert cache.found("a") and cache.found("b") is None
+    mark = cache.mark()
+    assert cache.found("a") is not None
+    assert cache.summary().startswith("2 of 3 reused")
+    assert cache.summary(mark).startswith("1 of 1 reused")

@@ -168,6 +168,7 @@ def evaluate(
     generated image per (client, method, phase) (jobs that share a sample set share the array),
     e.g. to label them without sampling again."""
     generated: dict[tuple, np.ndarray] = {}
+    mark = cache.mark() if cache is not None else (0, 0)
     fake_features: dict[tuple, np.ndarray] = {}
     firsts: dict[tuple, np.ndarray] = {}
     grids: dict[tuple[str, str, str], np.ndarray] = {}
@@ -223,7 +224,7 @@ def evaluate(
                 **job.extra,
             }
         )
-    reused = f" ({cache.summary()})" if cache is not None else ""
+    reused = f" ({cache.summary(mark)})" if cache is not None else ""
     log.info("KID: %d rows from %d sample sets%s", len(rows), len(fake_features), reused)
     return pd.DataFrame(rows), grids
 

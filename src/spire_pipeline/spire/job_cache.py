@@ -105,9 +105,14 @@ class JobCache:
         self.misses += 1
         return None
 
-    def summary(self) -> str:
-        """``"3 of 5 reused from <folder>"``."""
-        return f"{self.hits} of {self.hits + self.misses} reused from {self.folder}"
+    def mark(self) -> tuple[int, int]:
+        """The lookups so far (hits, misses), for :meth:`summary` of a later part only."""
+        return self.hits, self.misses
+
+    def summary(self, since: tuple[int, int] = (0, 0)) -> str:
+        """``"3 of 5 reused from <folder>"``: the lookups after ``since`` (a :meth:`mark`)."""
+        hits, misses = self.hits - since[0], self.misses - since[1]
+        return f"{hits} of {hits + misses} reused from {self.folder}"
 
     def write(self, key: str, save: Callable[[Path], None]) -> None:
         """``save(tmp)`` writes the entry to a temporary name, renamed when complete."""
