@@ -158,6 +158,7 @@ def evaluate(
     extractor_name: str,
     cfg: KIDConfig,
     progress: bool = True,
+    *,
     cache: JobCache | None = None,
     samples: dict[tuple[str, str, str], np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str, str], np.ndarray]]:

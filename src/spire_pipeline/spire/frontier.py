@@ -421,7 +421,9 @@ class Scorer:
         x = self.extractor
         feats = cached_features(tests, x, x.name, x.image_size, cache)
         samples: dict = {}
-        table, _ = evaluate(jobs, feats, x, self.extractor_label, self.kid_cfg, False, samples)
+        table, _ = evaluate(
+            jobs, feats, x, self.extractor_label, self.kid_cfg, False, samples=samples
+        )
         if len(samples) != len(jobs):
             raise ValueError("frontier: score one job per (client, method) at a time")
         dists = {s.client: label_histogram(s.test_labels, self.num_classes) for s in splits}
