@@ -391,13 +391,14 @@ class RoundLoop:
                     outcome = update_fault(ids[k], delivered) or delivered
                 if isinstance(outcome, ClientFault):
                     reasons[ids[k]] = outcome.reason
+                    # the round as the error and the progress bar count it (the history's
+                    # ``round`` column counts from 0)
+                    where = f"{self.method}, round {r + 1} of {self.cfg.rounds}"
                     if outcome.kind == "failed":
-                        log.warning("round %d: %s; its update is dropped", r, outcome.reason)
+                        log.warning("%s: %s; its update is dropped", where, outcome.reason)
                         failed.append(ids[k])
                     else:
-                        log.warning(
-                            "round %d: client %s is missing (%s)", r, ids[k], outcome.reason
-                        )
+                        log.warning("%s: client %s is missing (%s)", where, ids[k], outcome.reason)
                         missing.append(ids[k])
                     continue
                 losses[ids[k]] = outcome.loss
@@ -599,7 +600,7 @@ def _train_centralized(
             client="pooled",
         )
     except ClientTrainingError as exc:
-        log.warning("round %d: %s", r, exc)
+        log.warning("%s, round %d of %d: %s", trainer.method, r + 1, cfg.rounds, exc)
         return {}, ["pooled"]
     for k, s in enumerate(states):
         s.embedding = res.params["embeddings"][k].clone()

@@ -124,7 +124,8 @@ def device_type(device: str, key: str) -> str:
     try:
         return resolve_device(device).type
     except RuntimeError as exc:
-        reason = str(exc).split("\n")[0].split(":")[0]
+        text = str(exc).split("\n")[0]
+        reason = "not a device type torch knows" if text.startswith("Expected one of") else text
         raise ResourceError(
             f"parameter {key} = {shown(device)}: {reason} (allowed: auto, cpu, cuda, cuda:<n>)"
         ) from None
