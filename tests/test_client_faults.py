@@ -110,9 +110,9 @@ def test_crashing_and_nan_clients_are_left_out_recorded_and_the_run_goes_on(
     # one warning per fault, naming the client and the reason
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 4, warnings
-    assert "round 0: client c1: training raised RuntimeError: CUDA error" in warnings[0]
-    assert "round 1: client c2: its update holds NaN or infinity in 1 of" in warnings[1]
-    assert "round 2: client c0: its update holds NaN or infinity" in warnings[2]
+    assert "spire, round 1 of 3: client c1: training raised RuntimeError: CUDA" in warnings[0]
+    assert "spire, round 2 of 3: client c2: its update holds NaN or infinity in 1 of" in warnings[1]
+    assert "spire, round 3 of 3: client c0: its update holds NaN or infinity" in warnings[2]
     assert all("its update is dropped" in w for w in warnings)
     # each round's backbone is the sample-weighted average of the healthy updates alone
     for r, backbone in enumerate(rounds):

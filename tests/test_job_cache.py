@@ -4,6 +4,8 @@ in the cache is exactly what computing it again gives, and any change of what de
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,73 @@ def test_keys_separate_values_and_types() -> None:
     assert content_key(t) != content_key(t.double()) != content_key(t.reshape(1, 3))
     assert content_key({"a": t}) == content_key({"a": torch.zeros(3)})
     assert job_cache.CACHE_FORMAT >= 1
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x00" * len(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed"])
+def test_a_damaged_adaptation_entry_is_set_aside_and_recomputed(
+    how, pretrained, tmp_path, caplog
+) -> None:
+    cache = adaptation_cache(tmp_path)
+    first = cached_adapt(cache, "bitfit", pretrained, new_client(), ADAPT)
+    (entry,) = cache.folder.iterdir()
+    _damage(entry, how)
+    with caplog.at_level(logging.WARNING, logger="spire_pipeline.spire.cache_files"):
+        again = cached_adapt(cache, "bitfit", pretrained, new_client(), ADAPT)
+    assert (cache.hits, cache.misses) == (0, 2)  # recomputed, not reused
+    assert same_bundle(again.bundle, first.bundle)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"cache entry {entry} is unreadable (")
+    assert line.endswith(f"set aside as {entry.name}.corrupt, recomputing")
+    assert entry.exists() and (entry.parent / f"{entry.name}.corrupt").exists()
+    cached_adapt(cache, "bitfit", pretrained, new_client(), ADAPT)
+    assert cache.hits == 1  # the recomputed entry is whole
+
+
+def test_a_damaged_sample_entry_is_drawn_again(pretrained, tmp_path, caplog) -> None:
+    bundle = pretrained["spire"]
+    model, emb = bundle.build("c0")
+    request = SampleRequest(6, 7, 2, 3, torch.device("cpu"), "fp32")
+    calls = []
+
+    def draw():
+        calls.append(1)
+        images = np.full((6, 16, 16), 3, np.uint8)
+        return images.reshape(6, -1).astype(np.float32), images
+
+    cache = sample_cache(tmp_path)
+    first = cached_samples(cache, model, emb, bundle, request, "ext", draw)
+    (entry,) = cache.folder.iterdir()
+    _damage(entry, "truncated")
+    with caplog.at_level(logging.WARNING, logger="spire_pipeline.spire.cache_files"):
+        again = cached_samples(cache, model, emb, bundle, request, "ext", draw)
+    assert len(calls) == 2 and np.array_equal(again[1], first[1])
+    assert "is unreadable (" in caplog.text and cache.summary().startswith("0 of 2 reused")
+
+
+def test_damaged_real_features_are_recomputed(tmp_path, caplog) -> None:
+    from spire_pipeline.spire.evaluation import cached_features
+
+    images = {"a": np.zeros((3, 4, 4), np.uint8), "b": np.ones((2, 4, 4), np.uint8)}
+    calls = []
+
+    def extractor(x: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return x.reshape(len(x), -1).astype(np.float32)
+
+    first = cached_features(images, extractor, "ext", 4, tmp_path)
+    (entry,) = tmp_path.iterdir()
+    _damage(entry, "truncated")
+    with caplog.at_level(logging.WARNING, logger="spire_pipeline.spire.cache_files"):
+        again = cached_features(images, extractor, "ext", 4, tmp_path)
+    assert len(calls) == 4 and all(np.array_equal(again[c], first[c]) for c in images)
+    assert f"real-image features {entry} is unreadable (" in caplog.text
+    cached_features(images, extractor, "ext", 4, tmp_path)
+    assert len(calls) == 4  # the rewritten file is whole
 
 
 def test_summary_counts_only_the_lookups_after_a_mark(tmp_path) -> None:

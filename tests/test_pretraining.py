@@ -664,3 +664,33 @@ def test_every_sampler_is_reproducible_per_seed(sampler, method_runs) -> None:
     assert a.shape == (3, 28, 28) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a checkpoint", None])
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_over(
+    damage, tmp_path, caplog
+) -> None:
+    clients = make_clients()
+    cfg = make_cfg(rounds=2)
+    reference, _ = pretrain("spire", cfg, clients, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(_Crash):
+        pretrain("spire", cfg, clients, checkpoint=ckpt, callbacks=[_crash_after_round(1)])
+    assert torch.load(ckpt, weights_only=False)["server"].round == 1
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    rounds: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="spire_pipeline.spire.cache_files"):
+        result, _ = pretrain(
+            "spire",
+            cfg,
+            clients,
+            checkpoint=ckpt,
+            progress=False,
+            callbacks=[lambda s, _: rounds.append(s.round)],
+        )
+    assert rounds == [1, 2]  # started over
+    assert_states_equal(result.backbone, reference.backbone)
+    assert f"spire: checkpoint {ckpt} is unreadable (" in caplog.text
+    assert (tmp_path / "ckpt.pt.corrupt").exists()
+    assert torch.load(ckpt, weights_only=False)["server"].round == 2

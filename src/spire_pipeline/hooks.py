@@ -23,6 +23,7 @@ from kedro.io import AbstractVersionedDataset
 
 from spire_pipeline.pipeline_registry import DEFAULT_PIPELINES
 from spire_pipeline.spire.consistency import RawData, check_consistency
+from spire_pipeline.spire.resources import check_machine
 from spire_pipeline.spire.validation import check_sections, validate_params
 from spire_pipeline.tracking import run_info
 
@@ -104,6 +105,9 @@ class ParameterValidationHook:
         data = raw_data(catalog, stages)
         if data is not None:  # the partition must fit the data (a dry run on the labels)
             check_consistency(parameters, stages or DEFAULT_PIPELINES, data)
+        # memory for the batch and backbone, disk for the outputs (spire.resources)
+        project = Path(run_params.get("project_path") or ".")
+        check_machine(parameters, stages or DEFAULT_PIPELINES, project)
         log.info(
             "Parameters validated: %s", ", ".join(s for s in PARAMETER_MODELS if s in parameters)
         )

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from spire_pipeline.spire.adaptation import build_adapted
 from spire_pipeline.spire.bundle import ModelBundle
+from spire_pipeline.spire.cache_files import read_or_set_aside
 from spire_pipeline.spire.config import KIDConfig
 from spire_pipeline.spire.features import FeatureExtractor, build_feature_extractor, extractor_label
 from spire_pipeline.spire.federated import derive_seed
@@ -128,6 +129,11 @@ def features_key(images: Sequence[np.ndarray], extractor: str, image_size: int) 
     return h.hexdigest()[:16]
 
 
+def _read_features(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {c: npz[c] for c in npz.files}
+
+
 def cached_features(
     images: dict[str, np.ndarray],
     extractor: Callable[[np.ndarray], np.ndarray],
@@ -139,9 +145,10 @@ def cached_features(
     key = features_key([images[c] for c in sorted(images)], name, image_size)
     path = None if cache_dir is None else Path(cache_dir) / f"{name}-{image_size}-{key}.npz"
     if path is not None and path.exists():
-        with np.load(path) as npz:
+        feats = read_or_set_aside(path, _read_features, "real-image features")
+        if feats is not None and set(feats) == set(images):
             log.info("Real-image features reused from %s", path)
-            return {c: npz[c] for c in npz.files}
+            return feats
     feats = {c: extractor(images[c]) for c in tqdm(sorted(images), desc="real features")}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spire_pipeline.spire.bundle import ModelBundle
+from spire_pipeline.spire.cache_files import read_or_set_aside
 from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.diffusion import make_scheduler
 from spire_pipeline.spire.methods import PRETRAINING
@@ -139,10 +140,19 @@ def atomic_save(obj: dict, path: Path) -> None:
 def load_checkpoint(
     path: Path | None, fingerprint: str, cfg: PretrainingConfig, method: str, device=None
 ) -> dict | None:
-    """The checkpoint at ``path`` when it belongs to this run (same fingerprint), else ``None``."""
+    """The checkpoint at ``path`` when it belongs to this run (same fingerprint), else ``None``
+    (also when it is unreadable: set aside with a warning, and the run starts over)."""
     if path is None or not cfg.resume or not path.exists():
         return None
-    saved = torch.load(path, weights_only=False, map_location=device)
+
+    def read(p: Path) -> dict:
+        saved = torch.load(p, weights_only=False, map_location=device)
+        saved["server"].round  # noqa: B018 - a checkpoint without a server state is damaged
+        return saved
+
+    saved = read_or_set_aside(path, read, f"{method}: checkpoint")
+    if saved is None:
+        return None
     if saved.get("fingerprint") != fingerprint:
         log.info("%s: %s is for other parameters or data; starting over", method, path)
         return None
@@ -381,13 +391,14 @@ class RoundLoop:
                     outcome = update_fault(ids[k], delivered) or delivered
                 if isinstance(outcome, ClientFault):
                     reasons[ids[k]] = outcome.reason
+                    # the round as the error and the progress bar count it (the history's
+                    # ``round`` column counts from 0)
+                    where = f"{self.method}, round {r + 1} of {self.cfg.rounds}"
                     if outcome.kind == "failed":
-                        log.warning("round %d: %s; its update is dropped", r, outcome.reason)
+                        log.warning("%s: %s; its update is dropped", where, outcome.reason)
                         failed.append(ids[k])
                     else:
-                        log.warning(
-                            "round %d: client %s is missing (%s)", r, ids[k], outcome.reason
-                        )
+                        log.warning("%s: client %s is missing (%s)", where, ids[k], outcome.reason)
                         missing.append(ids[k])
                     continue
                 losses[ids[k]] = outcome.loss
@@ -589,7 +600,7 @@ def _train_centralized(
             client="pooled",
         )
     except ClientTrainingError as exc:
-        log.warning("round %d: %s", r, exc)
+        log.warning("%s, round %d of %d: %s", trainer.method, r + 1, cfg.rounds, exc)
         return {}, ["pooled"]
     for k, s in enumerate(states):
         s.embedding = res.params["embeddings"][k].clone()

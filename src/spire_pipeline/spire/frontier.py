@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from spire_pipeline.spire.adaptation import adapt, build_adapted
 from spire_pipeline.spire.bundle import ModelBundle
+from spire_pipeline.spire.cache_files import read_or_set_aside
 from spire_pipeline.spire.config import (
     AdaptationConfig,
     FrontierConfig,
@@ -262,10 +263,13 @@ def _load_bundle(path: Path | None) -> ModelBundle | None:
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    return ModelBundle.from_tensors(tensors, meta)
+    def read(file: Path) -> ModelBundle:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        return ModelBundle.from_tensors(tensors, meta)
+
+    return read_or_set_aside(path.with_suffix(".safetensors"), read, "frontier model cache")
 
 
 def pretrain_snapshots(

@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,12 +32,15 @@ from pydantic import BaseModel
 
 from spire_pipeline.spire.adaptation import Adapted, adapt
 from spire_pipeline.spire.bundle import ModelBundle
+from spire_pipeline.spire.cache_files import read_or_set_aside
 from spire_pipeline.spire.config import AdaptationConfig, LocalTrainConfig
 from spire_pipeline.spire.federated import ClientData
 from spire_pipeline.spire.model import resolve_device
 from spire_pipeline.spire.training import LocalResult
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: bump when what a cached job holds, or how it is computed, changes
 CACHE_FORMAT = 1
@@ -104,6 +107,17 @@ class JobCache:
             return path
         self.misses += 1
         return None
+
+    def read(self, key: str, read: Callable[[Path], T]) -> T | None:
+        """The finished entry of ``key`` read by ``read``, or ``None`` (a miss): not there, or
+        unreadable (set aside with a warning, :func:`.cache_files.read_or_set_aside`)."""
+        path = self.found(key)
+        if path is None:
+            return None
+        value = read_or_set_aside(path, read, "cache entry")
+        if value is None:
+            self.hits, self.misses = self.hits - 1, self.misses + 1
+        return value
 
     def mark(self) -> tuple[int, int]:
         """The lookups so far (hits, misses), for :meth:`summary` of a later part only."""
@@ -177,6 +191,20 @@ def _bundle_of(record: dict[str, Any]) -> ModelBundle:
     return ModelBundle.from_tensors(record["tensors"], record["meta"])
 
 
+def _read_adaptation(path: Path, client: str) -> Adapted:
+    """A finished adaptation from its entry (raises on a damaged entry)."""
+    saved = torch.load(path, weights_only=True)
+    bundle = _bundle_of(saved["bundle"])
+    params = dict(bundle.local.get(client, {}))
+    if client in bundle.embeddings:
+        params["embedding"] = bundle.embeddings[client]
+    result = LocalResult(params, saved["num_samples"], saved["losses"], saved["seconds"])
+    snapshots = {int(s): _bundle_of(b) for s, b in saved["snapshots"].items()}
+    return Adapted(
+        bundle, saved["trained_params"], saved["total_params"], saved["seconds"], result, snapshots
+    )
+
+
 def cached_adapt(
     cache: JobCache | None,
     method: str,
@@ -193,24 +221,10 @@ def cached_adapt(
     if cache is None:
         return compute(method, pretrained, client, cfg, local=local, snapshot_steps=snapshot_steps)
     key = adapt_key(method, pretrained, client, cfg, local, snapshot_steps)
-    path = cache.found(key)
-    if path is not None:
-        saved = torch.load(path, weights_only=True)
-        bundle = _bundle_of(saved["bundle"])
-        params = dict(bundle.local.get(client.client, {}))
-        if client.client in bundle.embeddings:
-            params["embedding"] = bundle.embeddings[client.client]
-        result = LocalResult(params, saved["num_samples"], saved["losses"], saved["seconds"])
-        snapshots = {int(s): _bundle_of(b) for s, b in saved["snapshots"].items()}
-        log.debug("adaptation of %s to %s reused from %s", method, client.client, path)
-        return Adapted(
-            bundle,
-            saved["trained_params"],
-            saved["total_params"],
-            saved["seconds"],
-            result,
-            snapshots,
-        )
+    found = cache.read(key, lambda path: _read_adaptation(path, client.client))
+    if found is not None:
+        log.debug("adaptation of %s to %s reused from %s", method, client.client, cache.folder)
+        return found
     a = compute(method, pretrained, client, cfg, local=local, snapshot_steps=snapshot_steps)
     record = {
         "bundle": _bundle_record(a.bundle),
@@ -244,6 +258,11 @@ class SampleRequest:
 Samples = tuple[np.ndarray, np.ndarray]
 
 
+def _read_samples(path: Path) -> Samples:
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["features"], saved["images"]
+
+
 def cached_samples(
     cache: JobCache | None,
     model: torch.nn.Module,
@@ -273,10 +292,9 @@ def cached_samples(
         request.guidance,
         extractor_name,
     )
-    path = cache.found(key)
-    if path is not None:
-        with np.load(path, allow_pickle=False) as saved:
-            return saved["features"], saved["images"]
+    saved = cache.read(key, _read_samples)
+    if saved is not None:
+        return saved
     features, images = draw()
     features = np.asarray(features)
 

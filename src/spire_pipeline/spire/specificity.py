@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from spire_pipeline.spire.cache_files import read_or_set_aside
 from spire_pipeline.spire.diffusion import to_model_space
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,13 @@ def cached_classifier(
     channels = 1 if images.ndim == 3 else images.shape[-1]
     if path is not None and path.exists():
         net = classifier(channels, num_classes)
-        net.load_state_dict(torch.load(path, weights_only=True))
-        log.info("Specificity classifier reused from %s", path)
-        return net.eval()
+
+        def read(p: Path) -> nn.Module:
+            return net.load_state_dict(torch.load(p, weights_only=True))
+
+        if read_or_set_aside(path, read, "specificity classifier") is not None:
+            log.info("Specificity classifier reused from %s", path)
+            return net.eval()
     net = train_classifier(
         images, labels, num_classes, seed, epochs=epochs, batch_size=batch_size, progress=progress
     )
