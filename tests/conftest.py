@@ -52,6 +52,62 @@ _TAIL_CHARS = 6000
 _KILL_GRACE_S = 10.0
 
 
+# ----------------------------------------------------------------------------- two workers
+
+#: The suite runs in two pytest-xdist workers (``-n 2``, pyproject.toml), one per core, each
+#: with one torch thread (two threads per worker would oversubscribe the cores). A module is
+#: one work unit, so its fixtures run once; modules that share a session fixture (the quick
+#: main job) or a kind of process (Flower) form one unit, and the longest units start first.
+SHARED_UNITS = {
+    "test_main_job_e2e": "main_job",
+    "test_notebook": "main_job",
+    "test_resume_e2e": "main_job",
+    "test_flower_e2e": "flower",
+    "test_flower_faults": "flower",
+}
+LONGEST_FIRST = ["main_job", "flower"]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # kedro subprocesses inherit them
+        os.environ[_var] = "1"
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its module's shared unit, else its module."""
+    stem = Path(nodeid.split("::", 1)[0]).stem
+    return SHARED_UNITS.get(stem, stem)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Schedule whole work units (:func:`work_unit`) in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest work units first (stable: the modules' own order otherwise)."""
+
+    def rank(item: pytest.Item) -> int:
+        unit = work_unit(item.nodeid)
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker() -> None:
+    """One torch thread in each xdist worker (see :data:`SHARED_UNITS`)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 # ----------------------------------------------------------------------------- raw data
 
 
