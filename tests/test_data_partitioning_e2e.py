@@ -139,12 +139,6 @@ def test_mlflow_run_recorded(quick_run, quick_params) -> None:
     assert (local / "data_partitioning" / "partition_heatmap.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_registry_lists_the_pipelines(project_copy, kedro_cli) -> None:
-    result = kedro_cli(project_copy, "registry", "list", timeout=120)
-    listed = {line.strip().removeprefix("- ") for line in result.stdout.splitlines()}
-    assert {"data_partitioning", "__default__"} <= listed, result.tail()
-
-
 def test_a_copied_project_writes_mlflow_artifacts_into_its_own_folder(
     quick_run, tmp_path, run_kedro
 ) -> None:
