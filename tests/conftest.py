@@ -295,6 +295,27 @@ def kedro_executable() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "kedro"]
 
 
+def start_kedro(
+    project_dir: Path,
+    *args: str,
+    stdout,
+    stderr=subprocess.STDOUT,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start ``kedro *args`` in ``project_dir`` in its own process group (id ``proc.pid``),
+    without stdin, writing to ``stdout`` and ``stderr``; the caller waits for it or ends it."""
+    project_dir = Path(project_dir)
+    return subprocess.Popen(
+        [*kedro_executable(), *args],
+        cwd=project_dir,
+        env=kedro_env(project_dir, env),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+
+
 def kedro_env(project_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a ``kedro`` subprocess in ``project_dir``."""
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV_VARS}
@@ -343,17 +364,8 @@ def kedro_cli(
     or a timeout raises :class:`KedroRunError` with the tail of stdout and stderr.
     """
     project_dir = Path(project_dir)
-    cmd = [*kedro_executable(), *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=project_dir,
-            env=kedro_env(project_dir, env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # its own process group, with id proc.pid
-        )
+        proc = start_kedro(project_dir, *args, stdout=out, stderr=err, env=env)
         done = threading.Event()
         expired = threading.Event()
 

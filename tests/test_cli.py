@@ -11,12 +11,11 @@ from __future__ import annotations
 import gzip
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import kedro_env, kedro_executable
+from conftest import start_kedro
 
 pytestmark = pytest.mark.slow
 
@@ -124,15 +123,7 @@ def test_sigterm_ends_the_mlflow_run_killed(make_project_copy) -> None:
     project = make_project_copy("sigterm")
     log = project / "tmp" / "run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*kedro_executable(), "run", "--env", "quick"],
-            cwd=project,
-            env=kedro_env(project),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = start_kedro(project, "run", "--env", "quick", stdout=out)
         try:
             deadline = time.monotonic() + 240
             # the MLflow run opens with the first node; stop once that node has completed

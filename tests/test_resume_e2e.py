@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MAIN_JOB_TIMEOUT_S, kedro_env, kedro_executable
+from conftest import MAIN_JOB_TIMEOUT_S, start_kedro
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +44,7 @@ def run_until(project: Path, log: Path, node: str, cache: str | None) -> tuple[i
     finish. Its exit code and seconds."""
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*kedro_executable(), "run", "--env", "quick"],
-            cwd=project,
-            env=kedro_env(project),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = start_kedro(project, "run", "--env", "quick", stdout=out)
         try:
             deadline = time.monotonic() + MAIN_JOB_TIMEOUT_S
             before = None
