@@ -32,6 +32,7 @@ from spire_pipeline.spire.federated import (
     ServerState,
     Trainer,
     WeightedAverage,
+    config_fingerprint,
     fedavg,
     pretrain,
     select_clients,
@@ -341,6 +342,32 @@ def test_same_seed_same_backbone_bitwise() -> None:
     assert [h["client_losses"] for h in hist_a] == [h["client_losses"] for h in hist_b]
     assert any(not torch.equal(a.backbone[k], c.backbone[k]) for k in a.backbone)
     assert any(not torch.equal(a.embeddings[k], c.embeddings[k]) for k in a.embeddings)
+
+
+def test_a_method_with_its_own_local_steps_makes_the_same_number_of_steps() -> None:
+    """``method_local_steps``: fedavg with 4 local steps over 4 x 2 / 4 = 2 rounds is the same
+    run (fingerprint, history, backbone) as a config that says so; spire keeps the shared
+    schedule."""
+    cfg = make_cfg(rounds=4, method_local_steps={"fedavg": 4})
+    same = make_cfg(rounds=2, local={"steps": 4})
+    clients = make_clients()
+    assert cfg.for_method("fedavg").rounds == 2 and cfg.for_method("spire").rounds == 4
+    assert config_fingerprint("fedavg", cfg, clients) == config_fingerprint("fedavg", same, clients)
+    assert config_fingerprint("spire", cfg, clients) == config_fingerprint(
+        "spire", make_cfg(rounds=4), clients
+    )
+    a, hist_a = pretrain("fedavg", cfg, clients, progress=False)
+    b, hist_b = pretrain("fedavg", same, clients, progress=False)
+    assert len(hist_a) == 2 and a.info["rounds"] == 2
+    assert_states_equal(a.backbone, b.backbone)
+    _, hist_s = pretrain("spire", cfg, clients, progress=False)
+    assert len(hist_s) == 4
+    # rounds that do not divide: the nearest whole number
+    assert make_cfg(rounds=5, method_local_steps={"fedavg": 3}).for_method("fedavg").rounds == 3
+    with pytest.raises(ValueError, match="method_local_steps needs local.steps"):
+        make_cfg(method_local_steps={"fedavg": 4}, local={"steps": None, "epochs": 1})
+    with pytest.raises(ValueError):
+        make_cfg(method_local_steps={"full_finetune": 4})
 
 
 class _Crash(BaseException):

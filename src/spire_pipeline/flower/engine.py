@@ -379,7 +379,7 @@ class FlowerEngine:
         self, method: str, files: RunFiles, run: Started, done: int, progress: bool
     ) -> tuple[ModelBundle, list[dict]]:
         """Log each finished round of ``method``; return its result, or raise the run's error."""
-        total, offset, seen_dead = self.cfg.rounds, 0, set()
+        total, offset, seen_dead = self.cfg.for_method(method).rounds, 0, set()
         bar = tqdm(total=total, initial=done, desc=f"flower {method}", disable=not progress)
         try:
             while True:

@@ -70,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def serve(nodes: ClientNodes, job: Job, method: str, files: RunFiles):
     """One method's rounds, then its export; returns its bundle and its round records."""
-    cfg = job.cfg.model_copy(update={"device": "cpu"})  # the server only averages
+    cfg = job.cfg.for_method(method).model_copy(update={"device": "cpu"})  # it only averages
     trainer = Trainer(method, cfg)
     fingerprint, checkpoint = job.fingerprints[method], job.checkpoint(method)
     server = ServerState(0, trainer.initial_backbone())

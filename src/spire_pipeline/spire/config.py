@@ -155,6 +155,9 @@ class PretrainingConfig(_Strict):
     client_fraction: float = Field(0.5, gt=0, le=1)
     min_clients: PositiveInt = 2
     local: LocalTrainConfig = LocalTrainConfig()
+    #: a method's own local steps per round (chosen on validation images); its rounds scale so
+    #: that it makes the same number of local steps as the others (``rounds x local.steps``)
+    method_local_steps: dict[Literal[PRETRAINING_METHODS], PositiveInt] = {}  # type: ignore[valid-type]
     embedding_init: Literal["random", "zeros"] = "random"
     embedding_init_scale: PositiveFloat = 1.0
     resume: bool = True
@@ -169,6 +172,22 @@ class PretrainingConfig(_Strict):
         if len(set(methods)) != len(methods) or not methods:
             raise ValueError(f"must be a non-empty list without repeats, got {methods}")
         return methods
+
+    @model_validator(mode="after")
+    def _steps_to_scale(self) -> PretrainingConfig:
+        if self.method_local_steps and self.local.steps is None:
+            raise ValueError("method_local_steps needs local.steps (not local.epochs)")
+        return self
+
+    def for_method(self, method: str) -> PretrainingConfig:
+        """The schedule ``method`` runs: its own local steps from ``method_local_steps`` and
+        rounds scaled to the same total, ``round(rounds x local.steps / steps)`` (at least 1)."""
+        steps = self.method_local_steps.get(method)
+        if steps is None or steps == self.local.steps:
+            return self.model_copy(update={"method_local_steps": {}})
+        rounds = max(1, round(self.rounds * self.local.steps / steps))
+        local = self.local.model_copy(update={"steps": steps})
+        return self.model_copy(update={"rounds": rounds, "local": local, "method_local_steps": {}})
 
 
 class ConditioningConfig(_Strict):

@@ -110,7 +110,9 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
 def config_fingerprint(method: str, cfg: PretrainingConfig, clients: Sequence[ClientData]) -> str:
     """Identifies a run: same method, parameters and data -> same checkpoint."""
     h = hashlib.sha256(f"{method}/checkpoint-format-{CHECKPOINT_FORMAT}".encode())
+    cfg = cfg.for_method(method)  # the schedule it runs
     unrelated = {
+        "method_local_steps",
         "resume",
         "checkpoint_dir",
         "threads",
@@ -244,6 +246,7 @@ class Trainer:
     """
 
     def __init__(self, method: str, cfg: PretrainingConfig) -> None:
+        cfg = cfg.for_method(method)
         self.method, self.cfg = method, cfg
         self.spec = PRETRAINING[method]
         self.device = resolve_device(cfg.device)
@@ -476,6 +479,7 @@ def pretrain(
     that finds a checkpoint of the same method, parameters and data resumes after its last
     completed round. ``callbacks`` see the states after each round (tests, monitoring).
     """
+    cfg = cfg.for_method(method)
     trainer = Trainer(method, cfg)
     ids = [c.client for c in clients]
     fingerprint = config_fingerprint(method, cfg, clients)

@@ -283,6 +283,7 @@ def pretrain_snapshots(
     """``method`` pretrained for ``c x cfg.rounds`` rounds for each ``c`` of ``computes``: one
     run to the largest, the others kept on the way; each cached by content (a run of r rounds
     and the snapshot after r rounds of a longer run are the same model, so they share a key)."""
+    cfg = cfg.for_method(method)  # its own local steps, rounds to the same total
     rounds = {c: c * cfg.rounds for c in computes}
     cfgs = {c: cfg.model_copy(update={"rounds": r}) for c, r in rounds.items()}
     paths = {c: _cache_path(cache_dir, method, cfgs[c], clients) for c in computes}

@@ -87,6 +87,7 @@ MAIN_PARAMETERS = (
     "federated_pretraining.rounds",
     "federated_pretraining.client_fraction",
     "federated_pretraining.local.steps",
+    "federated_pretraining.method_local_steps",
     "federated_pretraining.backbone.block_out_channels",
     "federated_pretraining.seed",
     "client_adaptation.methods",
