@@ -17,7 +17,12 @@ from spire_pipeline.datasets import FigureDataset, ReportDataset
 from spire_pipeline.hooks import RunMetadataHook, run_metadata
 from spire_pipeline.spire.config import KIDConfig
 from spire_pipeline.spire.evaluation import real_reference
-from spire_pipeline.spire.report import ROBUSTNESS_COMMAND, build_report, claims_with_robustness
+from spire_pipeline.spire.report import (
+    ROBUSTNESS_COMMAND,
+    _parameters_table,
+    build_report,
+    claims_with_robustness,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n fake"
 EXTRACTOR = "efficientnet_lite0_64px"
@@ -247,3 +252,19 @@ def test_run_metadata_hook_fills_the_catalog_and_logs_the_report_last(tmp_path, 
         "Report: latest/report.md (this run's copy: report/v/report.md)"
     )
     assert run_metadata({})["env"].startswith("local")
+
+
+def test_the_parameters_table_shows_each_entry_of_a_mapping_parameter() -> None:
+    table = _parameters_table(
+        {
+            "federated_pretraining": {
+                "rounds": 250,
+                "method_local_steps": {"fedavg": 20, "fedper": 20},
+                "local": {"steps": 2, "steps_extra": 9},
+            }
+        }
+    )
+    assert "| federated_pretraining.method_local_steps.fedavg | 20 |" in table
+    assert "| federated_pretraining.method_local_steps.fedper | 20 |" in table
+    assert "| federated_pretraining.local.steps | 2 |" in table
+    assert "steps_extra" not in table

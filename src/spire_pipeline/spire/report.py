@@ -201,7 +201,7 @@ def _metadata_table(metadata: Mapping[str, Any], dataset: str) -> str:
 
 def _parameters_table(parameters: Mapping[str, Any]) -> str:
     flat = flatten(parameters)
-    shown = [(k, flat[k]) for k in MAIN_PARAMETERS if k in flat]
+    shown = [(f, flat[f]) for k in MAIN_PARAMETERS for f in flat if f == k or f.startswith(k + ".")]
     if not shown:
         return "_(no parameters given)_"
     return markdown_table(
