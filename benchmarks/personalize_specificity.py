@@ -14,7 +14,7 @@ label histogram from the pair's 50/50 distribution (lower is better). The last l
 (every model starts from the same noise for the same seed), pooled over the pairs, with a 95 %
 bootstrap interval over samples; and in how many pairs *after* is ahead.
 Usage: python benchmarks/personalize_specificity.py [--env quick] [--pairs 1,7 0,9 3,8]
-       [--images 50] [--samples 64] [--steps N] [--seed 0] [--threads N]
+       [--images 50] [--samples 64] [--steps N] [--seed 0] [--threads N] [--version V]
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--classifier-images", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--version", default=None, help="a main job's save version (default: the newest)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,10 +64,14 @@ def main() -> None:
     n = args.classifier_images
     net = train_classifier(train["images"][:n], train["labels"][:n], 10, args.seed, progress=True)
     acc = accuracy(net, test["images"], test["labels"])
-    pretrained = resolve(catalog.load("pretrained_models"))
+    pretrained = resolve(catalog.load("pretrained_models", version=args.version))
     spire = pretrained[BASE_METHOD]
     fedavg = pretrained.get("fedavg")
-    choices = catalog.load("personalize_choices")
+    choices = (
+        catalog.load("adaptation_choices", version=args.version)
+        if args.version
+        else catalog.load("personalize_choices")
+    )
     model, _ = spire.build(None)
     print(
         f"env {args.env or 'base'}; backbone {spire.backbone_cfg.block_out_channels}, "
