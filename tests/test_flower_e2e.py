@@ -277,7 +277,8 @@ def test_clients_send_only_backbone_arrays_sample_counts_and_losses(
             mine = [m for m in messages if m["round"].split(".")[0] == method]
             trains = [m for m in mine if m["received"] == "train"]
             exports = [m for m in mine if m["received"] == "query.export"]
-            assert len(trains) == cfg.rounds and len(mine) == cfg.rounds + 1
+            rounds = cfg.for_method(method).rounds
+            assert len(trains) == rounds and len(mine) == rounds + 1
             assert mine[-1] is exports[0], "its own tensors leave only after the last round"
             for m in trains:
                 records = m["records"]
