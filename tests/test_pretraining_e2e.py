@@ -249,7 +249,10 @@ def test_versioned_models_and_tables(quick_run, quick_params, seen_clients) -> N
         path = pretrained / version / f"{m}.safetensors"
         bundles[m] = b = ModelBundleDataset(filepath=str(path)).load()
         assert b.method == m and b.backbone_cfg == quick_params.backbone
-        assert b.info["clients"] == seen_clients and b.info["rounds"] == quick_params.rounds
+        assert (
+            b.info["clients"] == seen_clients
+            and b.info["rounds"] == quick_params.for_method(m).rounds
+        )
         assert all(torch.isfinite(v).all() for v in b.backbone.values())
         conditional = m in ("spire", "centralized")
         assert sorted(b.embeddings) == (seen_clients if conditional else [])
@@ -257,7 +260,7 @@ def test_versioned_models_and_tables(quick_run, quick_params, seen_clients) -> N
         # the checkpoint of the run holds the same backbone, after the last round
         (ckpt,) = (data / "06_models" / "checkpoints").glob(f"{m}-*.pt")
         saved = torch.load(ckpt, weights_only=False)
-        assert saved["server"].round == quick_params.rounds
+        assert saved["server"].round == quick_params.for_method(m).rounds
         assert all(torch.equal(saved["server"].backbone[k], v) for k, v in b.backbone.items())
     assert set(bundles["spire"].backbone) == set(bundles["fedavg"].backbone)
 
@@ -279,7 +282,7 @@ def test_versioned_models_and_tables(quick_run, quick_params, seen_clients) -> N
     assert set(history["method"]) == set(methods)
     for m in methods:
         h = history[history["method"] == m]
-        assert sorted(h["round"].unique()) == list(range(quick_params.rounds))
+        assert sorted(h["round"].unique()) == list(range(quick_params.for_method(m).rounds))
         for r, rows in h.groupby("round"):
             chosen = [seen_clients[k] for k in select_clients(quick_params, r, len(seen_clients))]
             assert sorted(rows["client"]) == chosen
@@ -312,11 +315,12 @@ def test_mlflow_run_has_round_metrics_and_artifacts(quick_run, quick_params) -> 
     assert run.data.params["federated_pretraining.rounds"] == str(quick_params.rounds)
     for m in quick_params.methods:
         values = client.get_metric_history(run.info.run_id, f"pretraining.{m}.loss_mean")
-        assert sorted(v.step for v in values) == list(range(quick_params.rounds))
+        rounds = quick_params.for_method(m).rounds
+        assert sorted(v.step for v in values) == list(range(rounds))
         assert all(np.isfinite(v.value) for v in values)
         for key in ("bytes_down", "bytes_up", "seconds"):
             assert len(client.get_metric_history(run.info.run_id, f"pretraining.{m}.{key}")) == (
-                quick_params.rounds
+                rounds
             )
 
     def files(path=None) -> set[str]:
