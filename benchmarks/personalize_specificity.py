@@ -122,7 +122,7 @@ def main() -> None:
         for m, y in predicted.items():
             if m != "real":
                 inside.setdefault(m, []).append(np.isin(y, classes).astype(float))
-        tvs = {m: tv_distance(predict(net, x), target) for m, x in row.items()}
+        tvs = {m: tv_distance(y, target) for m, y in predicted.items()}
         rows.append((shares, tvs))
         cells = [
             f"{shares[m]:.2f}|{tvs[m]:.2f}" if m in shares else "-"

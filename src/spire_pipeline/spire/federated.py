@@ -479,8 +479,8 @@ def pretrain(
     that finds a checkpoint of the same method, parameters and data resumes after its last
     completed round. ``callbacks`` see the states after each round (tests, monitoring).
     """
-    cfg = cfg.for_method(method)
     trainer = Trainer(method, cfg)
+    cfg = trainer.cfg  # the method's own schedule (PretrainingConfig.for_method)
     ids = [c.client for c in clients]
     fingerprint = config_fingerprint(method, cfg, clients)
     server = ServerState(0, trainer.initial_backbone())
