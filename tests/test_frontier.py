@@ -252,6 +252,13 @@ def test_run_frontier_in_process(fashion_mnist, tmp_path) -> None:
     table = frontier_table(kid, bootstrap=500)
     assert list(table.columns) == TABLE_COLUMNS and len(table) == 7
     assert table["n_clients"].eq(6).all()
+    # the evidence a default is chosen on: the same grid on the tuning clients only (their
+    # pretrained models from the cache)
+    tuned = run_frontier(
+        images, labels, cfg.model_copy(update={"compute": [1]}), partition, pretraining,
+        adaptation, choices, kid_cfg, _Pooled(), "pool4x4", progress=False, score_on="tuning",
+    ).kid  # fmt: skip
+    assert set(tuned["client"]) == {"tuning_00", "tuning_01"} and set(tuned["role"]) == {"tuning"}
 
 
 # --------------------------------------------------------------------------- the pipeline

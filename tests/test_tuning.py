@@ -175,3 +175,48 @@ def test_retrieval_picks_the_seen_embedding_of_the_same_data(pretrained) -> None
 
         got = initial_embedding("retrieval", spire, 32, seed=0, score=score)
         assert torch.equal(got, spire.embeddings[client]), client
+
+
+def test_guidance_scale_is_chosen_at_the_chosen_cell_and_leaves_the_grid_alone(pretrained) -> None:
+    from spire_pipeline.pipelines.client_adaptation.nodes import tuning_data
+    from spire_pipeline.spire.config import AdaptationConfig, KIDConfig
+    from spire_pipeline.spire.evaluation import adapted_jobs, pretrained_jobs
+    from spire_pipeline.spire.tuning import chosen_guidance, tune
+
+    plain = tune_adaptation(client_splits(False), pretrained, ADAPTATION, KID)
+    guided_params = {**ADAPTATION, "tuning": {**ADAPTATION["tuning"], "guidance_scales": [1, 3]}}
+    cfg = AdaptationConfig.model_validate(guided_params)
+    kid_cfg = KIDConfig.model_validate(KID)
+    clients, features, extractor, label = tuning_data(client_splits(False), kid_cfg)
+    result = tune(pretrained, clients, features, extractor, label, cfg, kid_cfg)
+    # the lr x epochs grid (claim 4's spreads) and the cells chosen are those of a run without
+    pd.testing.assert_frame_equal(result.grid, plain[1])
+    cols = ["method", "lr", "epochs", "embedding_init"]
+    pd.testing.assert_frame_equal(result.choices[cols], plain[0][cols])
+    # both scales scored on every tuning client, spire only; the lowest median wins
+    g = result.guidance
+    assert set(g["method"]) == {"spire"} and len(g) == 2 * len(clients)
+    medians = g.groupby("guidance")["kid_mean"].median()
+    row = result.choices.set_index("method")
+    assert row.loc["spire", "guidance"] == medians.idxmin()
+    assert row.loc["spire", "tuning_score"] == pytest.approx(medians.min())
+    assert row.loc["bitfit", "guidance"] == 1.0
+    # at scale 1 the samples are the grid's own at the chosen cell
+    chosen = plain[1].query("method == 'spire'").set_index(["lr", "epochs"])
+    at_one = g[g["guidance"] == 1].set_index("client")["kid_mean"]
+    cell = chosen.loc[(row.loc["spire", "lr"], row.loc["spire", "epochs"])].set_index("client")
+    pd.testing.assert_series_equal(at_one.sort_index(), cell["kid_mean"].sort_index())
+    # the main job's KID then samples spire (and its pretrained model) with the chosen scale
+    w = {"spire": 3.0}
+    assert chosen_guidance(result.choices.assign(guidance=[3.0, 1.0])) == w
+    roles = {"seen_00": "seen", "unseen_00": "unseen"}
+    jobs = pretrained_jobs(pretrained, roles, w)
+    assert {(j.method, j.guidance) for j in jobs} == {("spire", 3.0), ("fedavg", 1.0)}
+    adapted = {"spire__unseen_00": pretrained["spire"], "bitfit__unseen_00": pretrained["fedavg"]}
+    assert {(j.method, j.guidance) for j in adapted_jobs(adapted, pretrained, roles, w)} == {
+        ("spire", 3.0),
+        ("bitfit", 1.0),
+    }
+    assert (
+        chosen_guidance(plain[0]) == {} and chosen_guidance(plain[0].drop(columns="guidance")) == {}
+    )

@@ -238,6 +238,9 @@ class TuningConfig(_Strict):
     embedding_inits: list[EmbeddingInit] = Field(
         ["zeros", "mean_seen", "random", "retrieval"], min_length=1
     )
+    #: personalisation guidance scales a conditional method chooses from, at its chosen cell
+    #: (1: none; more than that needs a model pretrained with ``local.embedding_dropout``)
+    guidance_scales: list[PositiveFloat] = Field([1.0], min_length=1)
     num_generated: PositiveInt = 50
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +68,14 @@ class EvalJob:
         return (self.source, self.condition, self.guidance)
 
 
-def pretrained_jobs(bundles: dict[str, ModelBundle], roles: dict[str, str]) -> list[EvalJob]:
-    """Every client x every pretrained method that has a model for it."""
+def pretrained_jobs(
+    bundles: dict[str, ModelBundle],
+    roles: dict[str, str],
+    guidance: Mapping[str, float] | None = None,
+) -> list[EvalJob]:
+    """Every client x every pretrained method that has a model for it; ``guidance``: a
+    pretrained method's personalisation guidance scale (default 1: none)."""
+    guidance = guidance or {}
     jobs = []
     for method, b in sorted(bundles.items()):
         for client, role in sorted(roles.items()):
@@ -87,6 +93,7 @@ def pretrained_jobs(bundles: dict[str, ModelBundle], roles: dict[str, str]) -> l
                     cond,
                     build=lambda b=b, c=cond: b.build(c),
                     bundle=b,
+                    guidance=guidance.get(method, 1.0) if cond is not None else 1.0,
                 )
             )
     return jobs
@@ -96,12 +103,15 @@ def adapted_jobs(
     adapted: dict[str, ModelBundle],
     pretrained: dict[str, ModelBundle],
     roles: dict[str, str],
+    guidance: Mapping[str, float] | None = None,
 ) -> list[EvalJob]:
-    """Every adapted (method, evaluation client), against that client's test split.
+    """Every adapted (method, evaluation client), against that client's test split;
+    ``guidance``: a conditional method's personalisation guidance scale (default 1: none).
 
     ``adapted`` maps ``"<method>__<client>"`` to the adapted bundle. What adaptation does to the
     seen clients is measured by :mod:`~spire_pipeline.spire.forgetting`.
     """
+    guidance = guidance or {}
     jobs = []
     for key, b in sorted(adapted.items()):
         method, client = key.split("__")
@@ -116,6 +126,7 @@ def adapted_jobs(
                 cond,
                 build=lambda b=b, c=client: build_adapted(b, pretrained, c),
                 bundle=b,
+                guidance=guidance.get(method, 1.0) if cond is not None else 1.0,
             )
         )
     return jobs

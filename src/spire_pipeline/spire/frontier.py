@@ -34,6 +34,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -457,7 +458,7 @@ def labels_classifier(
     )
 
 
-def _pretrained_models(
+def pretrained_models(
     settings: Sequence[Setting],
     parts: dict[tuple, Partition],
     cfg: FrontierConfig,
@@ -507,9 +508,13 @@ def run_frontier(
     extractor: FeatureExtractor,
     extractor_label: str,
     progress: bool = True,
+    score_on: Literal["unseen", "tuning"] = "unseen",
 ) -> FrontierResult:
     """Every setting of :func:`grid`: per evaluation client and method, KID and the samples'
-    conditioning strength; and the guidance scales tried on the tuning clients."""
+    conditioning strength; and the guidance scales tried on the tuning clients.
+
+    ``score_on="tuning"`` adapts and scores the tuning clients instead of the evaluation
+    clients: the evidence a default may be chosen on (``benchmarks/frontier_defaults.py``)."""
     settings = grid(cfg)
     log.info("frontier: %d settings:\n%s", len(settings), "\n".join(s.name for s in settings))
     kid_cfg = kid_cfg.model_copy(update={"num_generated": cfg.num_generated, "seed": cfg.seed})
@@ -526,7 +531,7 @@ def run_frontier(
     centre = settings[0].partition_key
     classifier = labels_classifier(parts[centre].seen, kid_cfg, num_classes, cfg.seed)
     score = Scorer(kid_cfg, extractor, extractor_label, classifier, num_classes)
-    models = _pretrained_models(settings, parts, cfg, pretraining_base, cfg.methods, progress)
+    models = pretrained_models(settings, parts, cfg, pretraining_base, cfg.methods, progress)
 
     def pretrained_for(s: Setting) -> dict[str, ModelBundle]:
         plain = models[(s.partition_key, False, s.compute)]
@@ -569,15 +574,16 @@ def run_frontier(
     rows = []
     for s in tqdm(settings, desc="frontier: settings", disable=not progress):
         part = parts[s.partition_key]
-        clients = [shots_subset(u, s.unseen_train_size, cfg.seed) for u in part.unseen]
+        targets = part.unseen if score_on == "unseen" else part.tuning
+        clients = [shots_subset(u, s.unseen_train_size, cfg.seed) for u in targets]
         pretrained = pretrained_for(s)
         if s.baseline_key not in baseline_rows:
             tag = f"{s.scheme_label}/shots-{s.unseen_train_size}/seen-{s.num_seen_clients}/"
             tag += f"compute-{s.compute}x"
             jobs = adapted_jobs(
-                tag, baselines, pretrained, clients, plans, "unseen", progress=progress
+                tag, baselines, pretrained, clients, plans, score_on, progress=progress
             )
-            baseline_rows[s.baseline_key] = score(jobs, part.unseen)
+            baseline_rows[s.baseline_key] = score(jobs, targets)
         w = scales[(s.partition_key, s.compute)] if s.dropout else 1.0
         init = "retrieval" if s.variant == "retrieval" else None
         # a variant that changes nothing (retrieval when it is already the chosen start) is
@@ -586,9 +592,9 @@ def run_frontier(
         key = (s.baseline_key, s.dropout, inits, w)
         if key not in spire_rows:
             jobs = adapted_jobs(
-                s.name, conditional, pretrained, clients, plans, "unseen", init, (w,), progress
+                s.name, conditional, pretrained, clients, plans, score_on, init, (w,), progress
             )
-            spire_rows[key] = score(jobs, part.unseen)
+            spire_rows[key] = score(jobs, targets)
         else:
             log.info("frontier: %s is the same computation as an earlier setting", s.name)
         table = pd.concat([baseline_rows[s.baseline_key], spire_rows[key]])

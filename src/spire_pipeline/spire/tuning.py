@@ -5,15 +5,17 @@ Every method gets the same effort: the same learning-rate x epochs grid
 against the tuning clients' own test splits; a method's choice is its cell with the lowest median
 KID in which no client diverged. A conditional method (SPIRE) also chooses how its new embedding
 starts: before the grid, each initialisation is scored by the DDPM loss of the tuning clients'
-test images under the initial embedding (no training, no sampling). The evaluation clients are
-then adapted once with the chosen values.
+test images under the initial embedding (no training, no sampling); and, after it, its
+personalisation guidance scale (``tuning.guidance_scales``): the chosen cell's adaptations
+sampled at each scale, the lowest median KID wins. The evaluation clients are then adapted once
+with the chosen values.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,7 @@ CHOICE_COLUMNS = [
     "epochs",
     "steps",
     "embedding_init",
+    "guidance",
     "tuning_score",
     "tuning_clients",
     "source",
@@ -63,11 +66,13 @@ class GridSpec:
 
 @dataclass
 class TuningResult:
-    """The tuning grid (per client and cell), the initialisation scores and the choices."""
+    """The tuning grid (per client and cell), the initialisation scores, the choices and the
+    guidance scales tried at a conditional method's chosen cell (per client and scale)."""
 
     grid: pd.DataFrame
     inits: pd.DataFrame
     choices: pd.DataFrame
+    guidance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def score_embedding_inits(
@@ -143,6 +148,7 @@ def tune(
             inits = pd.concat([inits, scores.assign(method=method)], ignore_index=True)
             log.info("tuning: %s starts new embeddings from %r", method, chosen_init[method])
     grid = GridSpec(list(cfg.methods), cfg.tuning.learning_rates, cfg.tuning.epochs)
+    kid_run = kid_cfg.model_copy(update={"num_generated": cfg.tuning.num_generated})
     tables = []
     for method in grid.methods:  # one method at a time: its own initialisation
         run_cfg = cfg.model_copy(update={"embedding_init": chosen_init.get(method, "zeros")})
@@ -156,28 +162,51 @@ def tune(
             phase="tuning",
             cache=adapt_cache,
         )
-        kid_run = kid_cfg.model_copy(update={"num_generated": cfg.tuning.num_generated})
         table, _ = evaluate(
             jobs, real_features, extractor, extractor_name, kid_run, cache=sample_cache
         )
         tables.append(with_diverged(table, diverged, extractor_name))
     table = pd.concat(tables, ignore_index=True)
     best = choose(cell_table(table)).set_index("method")
-    rows = []
+    rows, guidance = [], pd.DataFrame()
     for method in grid.methods:
         if method not in best.index:
             raise RuntimeError(
                 f"tuning: every cell of {method} diverged on the tuning clients; lower "
                 "client_adaptation.tuning.learning_rates"
             )
+        lr, epochs = float(best.loc[method, "lr"]), int(best.loc[method, "epochs"])
+        score, scale = float(best.loc[method, "kid_mean"]), 1.0
+        scales = cfg.tuning.guidance_scales
+        if ADAPTATION[method].conditional and scales != [1.0]:
+            run_cfg = cfg.model_copy(update={"embedding_init": chosen_init[method]})
+            cell = GridSpec([method], [lr], [epochs])
+            jobs, _ = sweep_jobs(
+                pretrained, [c.data for c in clients], cell, run_cfg, role="tuning",
+                phase="tuning", cache=adapt_cache,
+            )  # fmt: skip
+            guided = []
+            for w in scales:
+                t, _ = evaluate(
+                    [replace(j, guidance=w) for j in jobs], real_features, extractor,
+                    extractor_name, kid_run, cache=sample_cache,
+                )  # fmt: skip
+                guided.append(t.assign(guidance=w))
+            guided_table = pd.concat(guided, ignore_index=True)
+            medians = guided_table.groupby("guidance")["kid_mean"].median()
+            scale, score = float(medians.idxmin()), float(medians.min())
+            log.info("tuning: %s samples with guidance %g (median KID by scale: %s)",
+                     method, scale, medians.round(3).to_dict())  # fmt: skip
+            guidance = pd.concat([guidance, guided_table.assign(method=method)])
         rows.append(
             {
                 "method": method,
-                "lr": float(best.loc[method, "lr"]),
-                "epochs": int(best.loc[method, "epochs"]),
+                "lr": lr,
+                "epochs": epochs,
                 "steps": np.nan,
                 "embedding_init": chosen_init.get(method, ""),
-                "tuning_score": float(best.loc[method, "kid_mean"]),
+                "guidance": scale,
+                "tuning_score": score,
                 "tuning_clients": len(clients),
                 "source": "tuning",
             }
@@ -186,7 +215,7 @@ def tune(
     log.info("tuning choices:\n%s", choices.to_string(index=False))
     if adapt_cache is not None:
         log.info("tuning: adaptations %s", adapt_cache.summary())
-    return TuningResult(table, inits, choices)
+    return TuningResult(table, inits, choices, guidance.reset_index(drop=True))
 
 
 def config_choices(cfg: AdaptationConfig) -> pd.DataFrame:
@@ -201,6 +230,7 @@ def config_choices(cfg: AdaptationConfig) -> pd.DataFrame:
                 "epochs": cfg.local.epochs if cfg.local.epochs is not None else np.nan,
                 "steps": cfg.local.steps if cfg.local.steps is not None else np.nan,
                 "embedding_init": cfg.embedding_init if conditional else "",
+                "guidance": 1.0,
                 "tuning_score": np.nan,
                 "tuning_clients": 0,
                 "source": "config (no tuning clients)",
@@ -226,3 +256,15 @@ def chosen_settings(
     if isinstance(row["embedding_init"], str) and row["embedding_init"]:
         run_cfg = cfg.model_copy(update={"embedding_init": row["embedding_init"]})
     return run_cfg, local
+
+
+def chosen_guidance(choices: pd.DataFrame | None) -> dict[str, float]:
+    """Each method's personalisation guidance scale (1 for a table written before the column
+    existed, and for every method without one)."""
+    if choices is None or "guidance" not in choices:
+        return {}
+    return {
+        str(m): float(w)
+        for m, w in zip(choices["method"], choices["guidance"])
+        if pd.notna(w) and float(w) != 1.0
+    }

@@ -94,7 +94,7 @@ def tune_adaptation(
     metrics = {
         f"{r.method}.{k}": {"value": float(getattr(r, k)), "step": 0}
         for r in result.choices.itertuples()
-        for k in ("lr", "epochs", "tuning_score")
+        for k in ("lr", "epochs", "guidance", "tuning_score")
     }
     return result.choices, result.grid, result.inits, metrics
 

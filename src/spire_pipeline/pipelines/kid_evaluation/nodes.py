@@ -26,6 +26,7 @@ from spire_pipeline.spire.evaluation import (
 from spire_pipeline.spire.federated import derive_seed
 from spire_pipeline.spire.forgetting import forgetting_kid, forgetting_summary
 from spire_pipeline.spire.job_cache import sample_cache
+from spire_pipeline.spire.methods import ADAPTATION
 from spire_pipeline.spire.partition import splits_from_partitions
 from spire_pipeline.spire.plots import kid_bars, kid_sample_grid
 from spire_pipeline.spire.specificity import (
@@ -36,6 +37,7 @@ from spire_pipeline.spire.specificity import (
     conditioning_table,
     label_histogram,
 )
+from spire_pipeline.spire.tuning import chosen_guidance
 from spire_pipeline.spire.validation import validate_params
 
 log = logging.getLogger(__name__)
@@ -68,20 +70,27 @@ def evaluate_kid(
     adapted_models: dict,
     real_features: dict[str, np.ndarray],
     params: dict[str, Any],
+    adaptation_choices: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[tuple[str, str, str], np.ndarray]]:
     """KID of every (client, method, phase) against the client's test split, the first samples
     for the grids, and every sample (kept in memory for the conditioning strength).
 
     Phases: ``pretrained`` (seen and evaluation clients, every pretrained method that has a
-    model for them) and ``adapted`` (evaluation clients, every adaptation method).
+    model for them) and ``adapted`` (evaluation clients, every adaptation method). A
+    conditional method samples with the guidance scale chosen on the tuning clients
+    (``adaptation_choices``), after pretraining too.
     """
     cfg = validate_params(KIDConfig, params, "kid_evaluation")
     start = time.perf_counter()
     splits = splits_from_partitions(client_splits)
     roles = {c: s.role for c, s in splits.items() if s.role in EVALUATED_ROLES}
     pretrained = resolve(pretrained_models)
-    jobs = pretrained_jobs(pretrained, roles) + adapted_jobs(
-        resolve(adapted_models), pretrained, roles
+    guidance = chosen_guidance(adaptation_choices)
+    if guidance:
+        log.info("KID: personalisation guidance chosen on the tuning clients: %s", guidance)
+    base_guidance = {ADAPTATION[m].base: w for m, w in guidance.items()}
+    jobs = pretrained_jobs(pretrained, roles, base_guidance) + adapted_jobs(
+        resolve(adapted_models), pretrained, roles, guidance
     )
     generated: dict[tuple[str, str, str], np.ndarray] = {}
     table, grids = evaluate(

@@ -32,6 +32,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "adapted_models",
                     "kid_real_features",
                     "params:kid_evaluation",
+                    "adaptation_choices",
                 ],
                 outputs=["kid_table", "kid_samples", "kid_generated"],
                 name="evaluate_kid",
