@@ -24,9 +24,9 @@ from kedro.utils import find_kedro_project
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
+from spire_pipeline.interrupts import Terminated
 from spire_pipeline.run_checks import RunInputError, check_run
 from spire_pipeline.spire.validation import ParameterError
-from spire_pipeline.tracking.hook import Terminated
 from spire_pipeline.tracking.store import OPEN_RUNS
 
 #: errors in what the user gave (parameters, data, configuration): the message is enough

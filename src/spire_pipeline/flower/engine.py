@@ -21,12 +21,10 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +36,7 @@ from tqdm.auto import tqdm
 
 from spire_pipeline.flower.processes import ProcessGroups, Started
 from spire_pipeline.flower.task import RUN_CONFIG_DEFAULTS, Job, RunFiles, save_client_data
+from spire_pipeline.interrupts import Interrupts
 from spire_pipeline.spire.bundle import ModelBundle
 from spire_pipeline.spire.config import PretrainingConfig
 from spire_pipeline.spire.federated import (
@@ -135,7 +134,7 @@ class FlowerEngine:
         self.port: int | None = None
         self.env: dict[str, str] = {}
         self.traffic: dict | None = None
-        self._old_sigterm = None
+        self._interrupts = Interrupts()
 
     def _path(self, value: str) -> Path:
         path = Path(value)
@@ -144,8 +143,7 @@ class FlowerEngine:
     # ------------------------------------------------------------------ start and stop
 
     def __enter__(self) -> FlowerEngine:
-        if threading.current_thread() is threading.main_thread():
-            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+        self._interrupts.catch()
         try:
             self.start()
         except BaseException:
@@ -187,9 +185,7 @@ class FlowerEngine:
             log.info("Flower: stopping %d processes", len(self.processes.started))
         self.processes.stop()
         self._remove_connection()
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+        self._interrupts.release()
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -448,7 +444,3 @@ class FlowerEngine:
         if not runs:
             return None
         return {"run_id": found.group(1), **runs[0].get("network-traffic", {})}
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")

@@ -8,16 +8,15 @@
 * Every method gets a nested child run with the same metric names (:mod:`.method_metrics`),
   filled from the summary tables as the pipelines save them; per-client tables stay artifacts
   of the parent.
-* Interrupted (Ctrl-C, SIGTERM) runs end KILLED; runs of SIGKILLed processes are marked
-  KILLED by the next run (:mod:`.store`). Artifacts stay inside the project.
+* Interrupted (Ctrl-C, SIGTERM) runs end KILLED, the interrupt kept out of database writes
+  (:mod:`spire_pipeline.interrupts`); runs of SIGKILLed processes are marked KILLED by the next run
+  (:mod:`.store`). Artifacts stay inside the project.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from spire_pipeline.hooks import PARAMETER_MODELS
+from spire_pipeline.interrupts import Interrupts
 from spire_pipeline.tracking import method_metrics, run_info
 from spire_pipeline.tracking.store import OPEN_RUNS, mark_stale_runs, relocate_artifacts
 
@@ -42,14 +42,6 @@ log = logging.getLogger(__name__)
 RAW_DATASET = "raw_train"
 #: a method's ``phase`` tag lists these, in this order
 PHASES = ("pretraining", "adaptation", "robustness sweep")
-
-
-class Terminated(KeyboardInterrupt):
-    """The process received SIGTERM (raised in the main thread, like Ctrl-C's interrupt)."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(f"signal {signal.Signals(signum).name}")
 
 
 class _MetricDatasets:
@@ -96,7 +88,7 @@ class SpireMlflowHook(MlflowHook):
         self._phases: dict[str, set[str]] = {}
         self._logged: dict[str, dict[str, float]] = {}
         self._child_tags: dict[str, str] = {}
-        self._previous_sigterm: Any = None
+        self._interrupts = Interrupts()
         self._context: Any = None
         self._experiment_id: str | None = None
 
@@ -188,17 +180,7 @@ class SpireMlflowHook(MlflowHook):
         self._child_tags[run_info.TAG_HOST] = tags[run_info.TAG_HOST]
         if not self._already_active_mlflow:
             OPEN_RUNS.add(self.run_id, mlflow.get_tracking_uri())
-            self._catch_sigterm()
-
-    def _catch_sigterm(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-
-    def _release_sigterm(self) -> None:
-        if self._previous_sigterm is not None:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+            self._interrupts.catch()
 
     # ------------------------------------------------------------------ method child runs
 
@@ -272,7 +254,7 @@ class SpireMlflowHook(MlflowHook):
         self._end_children("FINISHED")
         super().after_pipeline_run(run_params, pipeline, catalog)
         OPEN_RUNS.discard(self.run_id)
-        self._release_sigterm()
+        self._interrupts.release()
         if self._children:
             log.info(
                 "MLflow run %s has %d method runs: `make compare` prints them side by side",
@@ -288,7 +270,7 @@ class SpireMlflowHook(MlflowHook):
         self._end_children("FAILED")
         super().on_pipeline_error(error, run_params, pipeline, catalog)
         OPEN_RUNS.discard(self.run_id)
-        self._release_sigterm()
+        self._interrupts.release()
 
 
 def _describe(catalog, name: str) -> dict[str, Any]:
