@@ -4,7 +4,8 @@ Python raises a signal's exception at whatever line the main thread is running. 
 inside SQLAlchemy's execution of a write to the SQLite store, it can leave that connection
 holding the database's write lock, so closing the runs afterwards fails with "database is
 locked". While the run is tracked, both signals are caught here: an interrupt that arrives
-inside database code is put off for a moment (the signal is sent to the main thread again) and lands right after.
+inside database code is put off for a moment (the signal is sent to the main thread again)
+and lands right after.
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def in_database_code(frame: FrameType | None) -> bool:
     return False
 
 
+def _send_again(signum: int) -> None:
+    main = threading.main_thread()
+    if main.is_alive() and main.ident is not None:
+        signal.pthread_kill(main.ident, signum)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     if in_database_code(frame):
-        main = threading.main_thread().ident
-        threading.Timer(RETRY_S, signal.pthread_kill, (main, signum)).start()
+        retry = threading.Timer(RETRY_S, _send_again, (signum,))
+        retry.daemon = True  # never keeps an ending process alive
+        retry.start()
         return
     if signum == signal.SIGTERM:
         raise Terminated(f"signal {signal.Signals(signum).name}")
