@@ -149,7 +149,10 @@ def tune(
             log.info("tuning: %s starts new embeddings from %r", method, chosen_init[method])
     grid = GridSpec(list(cfg.methods), cfg.tuning.learning_rates, cfg.tuning.epochs)
     kid_run = kid_cfg.model_copy(update={"num_generated": cfg.tuning.num_generated})
-    tables = []
+    guided_methods = [
+        m for m in grid.methods if ADAPTATION[m].conditional and cfg.tuning.guidance_scales != [1.0]
+    ]
+    tables, kept = [], {}  # kept: a guided method's jobs, to sample its chosen cell again
     for method in grid.methods:  # one method at a time: its own initialisation
         run_cfg = cfg.model_copy(update={"embedding_init": chosen_init.get(method, "zeros")})
         one = GridSpec([method], grid.learning_rates, grid.epochs)
@@ -166,6 +169,8 @@ def tune(
             jobs, real_features, extractor, extractor_name, kid_run, cache=sample_cache
         )
         tables.append(with_diverged(table, diverged, extractor_name))
+        if method in guided_methods:
+            kept[method] = jobs
     table = pd.concat(tables, ignore_index=True)
     best = choose(cell_table(table)).set_index("method")
     rows, guidance = [], pd.DataFrame()
@@ -177,16 +182,10 @@ def tune(
             )
         lr, epochs = float(best.loc[method, "lr"]), int(best.loc[method, "epochs"])
         score, scale = float(best.loc[method, "kid_mean"]), 1.0
-        scales = cfg.tuning.guidance_scales
-        if ADAPTATION[method].conditional and scales != [1.0]:
-            run_cfg = cfg.model_copy(update={"embedding_init": chosen_init[method]})
-            cell = GridSpec([method], [lr], [epochs])
-            jobs, _ = sweep_jobs(
-                pretrained, [c.data for c in clients], cell, run_cfg, role="tuning",
-                phase="tuning", cache=adapt_cache,
-            )  # fmt: skip
+        if method in guided_methods:
+            jobs = [j for j in kept[method] if (j.extra["lr"], j.extra["epochs"]) == (lr, epochs)]
             guided = []
-            for w in scales:
+            for w in cfg.tuning.guidance_scales:
                 t, _ = evaluate(
                     [replace(j, guidance=w) for j in jobs], real_features, extractor,
                     extractor_name, kid_run, cache=sample_cache,
